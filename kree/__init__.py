@@ -1,0 +1,3 @@
+"""KREE, the Kepler Remote Execution Engine."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,340 @@
+"""
+Jobs, their parameters and messages.
+
+C{transition_thd} is the heart of the store: in one transaction it locks the
+job's row, asks L{kree.states.next_state} whether the action is legal, writes
+the new state with its timestamps, and appends the matching C{job.state}
+event.  Only the job service (L{kree.jobs}) calls it.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from kree import states
+from kree.errors import InvalidTransition, JobNotFound
+from kree.records import Event, Job, Message
+from kree.states import Action, JobState
+from kree.store import model
+from kree.store.events import append_thd, utcnow
+
+# Fields a transition may set besides the state and its timestamps.
+TRANSITION_FIELDS = frozenset(
+    {"exit_code", "error", "backend", "backend_ref", "progress", "cpu_seconds",
+     "peak_memory_bytes", "workflow_sha256"}
+)
+
+RUNNING_STATES = frozenset({JobState.RUNNING, JobState.WAITING})
+MAX_PAGE = 1000
+
+
+def _job(row) -> Job:
+    return Job(
+        id=row.id,
+        frontend_id=row.frontend_id,
+        user=row.end_user,
+        workflow_uri=row.workflow_uri,
+        workflow_sha256=row.workflow_sha256,
+        state=row.state,
+        paused_from=row.paused_from,
+        priority=row.priority,
+        created_at=row.created_at,
+        queued_at=row.queued_at,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        running_seconds=row.running_seconds,
+        running_since=row.running_since,
+        exit_code=row.exit_code,
+        error=row.error,
+        progress=row.progress,
+        cpu_seconds=row.cpu_seconds,
+        peak_memory_bytes=row.peak_memory_bytes,
+        job_dir=row.job_dir,
+        resources=row.resources,
+        backend=row.backend,
+        backend_ref=row.backend_ref,
+        events_consumed=row.events_consumed,
+        last_seq=row.last_seq,
+    )
+
+
+def _message(row) -> Message:
+    return Message(row.id, row.job_id, row.time, row.level, row.source, row.text)
+
+
+class JobsStore:
+    def __init__(self, pool) -> None:
+        self._pool = pool
+
+    # -- create, read, list ---------------------------------------------
+
+    async def create(self, **kwargs) -> tuple[Job, Event]:
+        return await self._pool.run(self.create_thd, **kwargs)
+
+    def create_thd(
+        self,
+        conn,
+        *,
+        job_id: str,
+        frontend_id: int,
+        workflow_uri: str,
+        job_dir: str,
+        user: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        resources: dict[str, Any] | None = None,
+        priority: int = 0,
+        now: datetime.datetime | None = None,
+    ) -> tuple[Job, Event]:
+        """Insert a NEW job, its parameters and its C{job.created} event."""
+        now = now or utcnow()
+        conn.execute(
+            model.jobs.insert().values(
+                id=job_id,
+                frontend_id=frontend_id,
+                end_user=user,
+                workflow_uri=workflow_uri,
+                state=JobState.NEW.value,
+                priority=priority,
+                created_at=now,
+                job_dir=job_dir,
+                resources=resources or {},
+            )
+        )
+        if parameters:
+            self.set_parameters_thd(conn, job_id, parameters)
+        event = append_thd(
+            conn,
+            job_id,
+            "job.created",
+            {"state": JobState.NEW.value, "workflow": workflow_uri, "user": user},
+            now,
+        )
+        return self.get_thd(conn, job_id), event
+
+    async def get(self, job_id: str, frontend_id: int | None = None) -> Job:
+        return await self._pool.run(self.get_thd, job_id, frontend_id)
+
+    def get_thd(self, conn, job_id: str, frontend_id: int | None = None, lock=False) -> Job:
+        """
+        The job C{job_id}; with C{frontend_id}, only if it belongs to that
+        frontend (another frontend's job is "not found", never "forbidden",
+        so ids do not leak).
+        """
+        query = sa.select(model.jobs).where(model.jobs.c.id == job_id)
+        if frontend_id is not None:
+            query = query.where(model.jobs.c.frontend_id == frontend_id)
+        if lock:
+            query = query.with_for_update()
+        row = conn.execute(query).one_or_none()
+        if row is None:
+            raise JobNotFound(job_id)
+        return _job(row)
+
+    async def list(self, **kwargs) -> list[Job]:
+        return await self._pool.run(self.list_thd, **kwargs)
+
+    def list_thd(
+        self,
+        conn,
+        *,
+        frontend_id: int | None = None,
+        state: JobState | None = None,
+        user: str | None = None,
+        created_after: datetime.datetime | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        """
+        Jobs, newest first.  C{after} is a cursor: the id of the last job of
+        the previous page.  Keyset pagination costs the same on page 1,000
+        as on page 1.
+        """
+        jobs = model.jobs
+        query = sa.select(jobs).order_by(jobs.c.id.desc()).limit(max(1, min(limit, MAX_PAGE)))
+        if frontend_id is not None:
+            query = query.where(jobs.c.frontend_id == frontend_id)
+        if state is not None:
+            query = query.where(jobs.c.state == JobState(state).value)
+        if user is not None:
+            query = query.where(jobs.c.end_user == user)
+        if created_after is not None:
+            query = query.where(jobs.c.created_at > created_after)
+        if after is not None:
+            query = query.where(jobs.c.id < after)
+        return [_job(row) for row in conn.execute(query)]
+
+    async def count_by_state(self) -> dict[str, int]:
+        return await self._pool.run(self.count_by_state_thd)
+
+    def count_by_state_thd(self, conn) -> dict[str, int]:
+        jobs = model.jobs
+        rows = conn.execute(sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state))
+        return {state: count for state, count in rows}
+
+    # -- state ------------------------------------------------------------
+
+    async def transition(self, job_id: str, action: Action, **kwargs) -> tuple[Job, Event]:
+        return await self._pool.run(self.transition_thd, job_id, action, **kwargs)
+
+    def transition_thd(
+        self,
+        conn,
+        job_id: str,
+        action: Action,
+        *,
+        reason: str | None = None,
+        frontend_id: int | None = None,
+        updates: dict[str, Any] | None = None,
+        now: datetime.datetime | None = None,
+    ) -> tuple[Job, Event]:
+        """
+        Apply C{action} to the job and append its C{job.state} event, in the
+        caller's transaction.
+
+        @raise JobNotFound: no such job (for this frontend).
+        @raise InvalidTransition: the action is illegal in the job's state.
+        """
+        now = now or utcnow()
+        updates = dict(updates or {})
+        unknown = set(updates) - TRANSITION_FIELDS
+        if unknown:
+            raise ValueError(f"a transition cannot set {sorted(unknown)}")
+        job = self.get_thd(conn, job_id, frontend_id, lock=True)
+        step = states.next_state(job.state, action, job.paused_from)
+        values: dict[str, Any] = dict(updates)
+        values["state"] = step.new.value
+        values["paused_from"] = step.paused_from.value if step.paused_from else None
+        if step.new is JobState.QUEUED and job.queued_at is None:
+            values["queued_at"] = now
+        if action is Action.DISPATCH:
+            values["started_at"] = now
+        was_running = job.running_since is not None
+        now_running = step.new in RUNNING_STATES
+        if now_running and not was_running:
+            values["running_since"] = now
+        elif was_running and not now_running:
+            values["running_seconds"] = job.running_time(now)
+            values["running_since"] = None
+        if step.new.terminal:
+            values["ended_at"] = now
+        # Compare-and-set on top of the row lock: if anything changed the
+        # state since we read it, nothing is written.
+        result = conn.execute(
+            model.jobs.update()
+            .where(
+                model.jobs.c.id == job_id,
+                model.jobs.c.state == job.state.value,
+            )
+            .values(**values)
+        )
+        if result.rowcount != 1:
+            current = self.get_thd(conn, job_id)
+            raise InvalidTransition(current.state, action, allowed=states.allowed_actions(
+                current.state, current.paused_from))
+        data = {"from": step.old.value, "to": step.new.value, "reason": reason}
+        if step.new is JobState.PAUSED:
+            data["resumes_to"] = step.paused_from.value
+        event = append_thd(conn, job_id, "job.state", data, now)
+        return self.get_thd(conn, job_id), event
+
+    # -- messages -----------------------------------------------------------
+
+    async def add_message(self, job_id: str, text: str, **kwargs) -> tuple[Message, Event]:
+        return await self._pool.run(self.add_message_thd, job_id, text, **kwargs)
+
+    def add_message_thd(
+        self,
+        conn,
+        job_id: str,
+        text: str,
+        *,
+        level: str = "info",
+        source: str = "kree",
+        now: datetime.datetime | None = None,
+    ) -> tuple[Message, Event]:
+        """Record a message and its C{job.message} event."""
+        now = now or utcnow()
+        message_id = conn.execute(
+            model.job_messages.insert().values(
+                job_id=job_id, time=now, level=level, source=source, text=text
+            )
+        ).inserted_primary_key[0]
+        event = append_thd(
+            conn,
+            job_id,
+            "job.message",
+            {"id": message_id, "level": level, "source": source, "text": text},
+            now,
+        )
+        return Message(message_id, job_id, now, level, source, text), event
+
+    async def list_messages(self, job_id: str, after: int = 0, limit: int = 100):
+        return await self._pool.run(self.list_messages_thd, job_id, after, limit)
+
+    def list_messages_thd(self, conn, job_id: str, after: int = 0, limit: int = 100):
+        msgs = model.job_messages
+        rows = conn.execute(
+            sa.select(msgs)
+            .where(msgs.c.job_id == job_id, msgs.c.id > after)
+            .order_by(msgs.c.id)
+            .limit(max(1, min(limit, MAX_PAGE)))
+        )
+        return [_message(row) for row in rows]
+
+    # -- parameters -------------------------------------------------------
+
+    async def get_parameters(self, job_id: str) -> dict[str, Any]:
+        return await self._pool.run(self.get_parameters_thd, job_id)
+
+    def get_parameters_thd(self, conn, job_id: str) -> dict[str, Any]:
+        params = model.job_parameters
+        rows = conn.execute(
+            sa.select(params.c.name, params.c.value)
+            .where(params.c.job_id == job_id)
+            .order_by(params.c.name)
+        )
+        return {name: value for name, value in rows}
+
+    def set_parameters_thd(self, conn, job_id: str, parameters: dict[str, Any]) -> None:
+        """Set (insert or replace) parameters by full name; None removes one."""
+        params = model.job_parameters
+        for name, value in parameters.items():
+            conn.execute(
+                params.delete().where(params.c.job_id == job_id, params.c.name == name)
+            )
+            if value is not None:
+                conn.execute(params.insert().values(job_id=job_id, name=name, value=value))
+
+    # -- delete -------------------------------------------------------------
+
+    async def delete(self, job_id: str, **kwargs) -> tuple[Job, Event]:
+        return await self._pool.run(self.delete_thd, job_id, **kwargs)
+
+    def delete_thd(
+        self,
+        conn,
+        job_id: str,
+        *,
+        frontend_id: int | None = None,
+        now: datetime.datetime | None = None,
+    ) -> tuple[Job, Event]:
+        """
+        Delete a NEW or terminal job with its parameters, inputs and
+        messages.  Its events stay (ending with C{job.deleted}) until the
+        event log is purged, so listeners still get them.
+
+        @raise InvalidTransition: the job is active.
+        """
+        job = self.get_thd(conn, job_id, frontend_id, lock=True)
+        if not (job.state.terminal or job.state is JobState.NEW):
+            raise InvalidTransition(
+                job.state,
+                "delete",
+                f"cannot delete a job in state {job.state}: stop or kill it first",
+            )
+        event = append_thd(conn, job_id, "job.deleted", {"state": job.state.value}, now)
+        conn.execute(model.jobs.delete().where(model.jobs.c.id == job_id))
+        return job, event

@@ -1,0 +1,1 @@
+"""KREE's alembic environment; installed as kree.migrations (see setup.py)."""

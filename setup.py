@@ -1,0 +1,44 @@
+"""
+KREE, the Kepler Remote Execution Engine.
+
+The top-level migrations/ directory installs as the package kree.migrations,
+so an installed kreed finds its alembic revisions without the source tree.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="kree",
+    version="0.1.0",
+    description="Kepler Remote Execution Engine: runs scientific workflows for trusted web frontends",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["kree", "kree.*"])
+    + ["kree.migrations", "kree.migrations.versions"],
+    package_dir={"kree.migrations": "migrations"},
+    package_data={"kree.migrations": ["script.py.mako"]},
+    install_requires=[
+        "twisted[tls]>=24.3",
+        "sqlalchemy>=2.0,<3",
+        "alembic>=1.13",
+        "pyopenssl>=24.0",
+        "service-identity>=24.1",
+        "psutil>=5.9",
+        "attrs>=23.1",
+    ],
+    extras_require={
+        "postgresql": ["psycopg[binary]>=3.1"],
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "psycopg[binary]>=3.1",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "kreed = kree.daemon:main",
+            "kree-admin = kree.admin.cli:main",
+        ],
+    },
+)
