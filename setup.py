@@ -32,6 +32,7 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-twisted>=1.14",
+            "pytest-timeout>=2.2",
             "psycopg[binary]>=3.1",
         ],
     },

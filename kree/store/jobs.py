@@ -257,6 +257,7 @@ class JobsStore:
     ) -> tuple[Message, Event]:
         """Record a message and its C{job.message} event."""
         now = now or utcnow()
+        self.get_thd(conn, job_id)  # JobNotFound rather than a foreign-key error
         message_id = conn.execute(
             model.job_messages.insert().values(
                 job_id=job_id, time=now, level=level, source=source, text=text

@@ -1,0 +1,3 @@
+from kree.admin.cli import main
+
+main()

@@ -1,0 +1,142 @@
+"""
+The job service: the only writer of job state.
+
+The API, the supervisor and the admin console all change jobs through
+L{JobService}.  Each change is one store transaction that checks the state
+machine (L{kree.states}), writes the job and appends its event; only after
+the commit are observers told (the supervisor to act, kree.events to deliver,
+long polls to wake).  An observer that fails is logged and never undoes the
+change, which is already durable.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.logger import Logger
+
+from kree.ids import new_job_id
+from kree.records import Event, Job, Message
+from kree.states import Action
+
+EventObserver = Callable[[Event], None]
+
+
+class JobService:
+    log = Logger()
+
+    def __init__(self, store, reactor, jobs_dir: Path) -> None:
+        self._store = store
+        self._reactor = reactor
+        self._jobs_dir = Path(jobs_dir)
+        self._observers: list[EventObserver] = []
+
+    def now(self) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(self._reactor.seconds(), datetime.timezone.utc)
+
+    def add_observer(self, observer: EventObserver) -> None:
+        """Call C{observer(event)} after each committed event."""
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: EventObserver) -> None:
+        self._observers.remove(observer)
+
+    def _notify(self, event: Event) -> None:
+        for observer in list(self._observers):
+            try:
+                observer(event)
+            except Exception:
+                self.log.failure(
+                    "event observer {observer!r} failed on {event_type} of job {job_id}",
+                    observer=observer,
+                    event_type=event.type,
+                    job_id=event.job_id,
+                )
+
+    async def create(
+        self,
+        frontend_id: int,
+        workflow_uri: str,
+        *,
+        user: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        resources: dict[str, Any] | None = None,
+        priority: int = 0,
+    ) -> Job:
+        """Create a job in state NEW; its directory is made at dispatch."""
+        job_id = new_job_id(self._reactor.seconds())
+        job, event = await self._store.jobs.create(
+            job_id=job_id,
+            frontend_id=frontend_id,
+            workflow_uri=workflow_uri,
+            job_dir=str(self._jobs_dir / job_id),
+            user=user,
+            parameters=parameters,
+            resources=resources,
+            priority=priority,
+            now=self.now(),
+        )
+        self.log.info(
+            "job {job_id} created by frontend {frontend} for {workflow}",
+            job_id=job.id,
+            frontend=frontend_id,
+            workflow=workflow_uri,
+        )
+        self._notify(event)
+        return job
+
+    async def apply(
+        self,
+        job_id: str,
+        action: Action,
+        *,
+        reason: str | None = None,
+        frontend_id: int | None = None,
+        updates: dict[str, Any] | None = None,
+    ) -> Job:
+        """
+        Apply a state-machine action.
+
+        @param frontend_id: when given, the job must belong to this frontend.
+        @raise kree.errors.JobNotFound: no such job (for this frontend).
+        @raise kree.errors.InvalidTransition: illegal in the job's state.
+        """
+        job, event = await self._store.jobs.transition(
+            job_id,
+            Action(action),
+            reason=reason,
+            frontend_id=frontend_id,
+            updates=updates,
+            now=self.now(),
+        )
+        self.log.info(
+            "job {job_id} {old} -> {new} ({action}{because})",
+            job_id=job_id,
+            old=event.data["from"],
+            new=event.data["to"],
+            action=str(action),
+            because=f": {reason}" if reason else "",
+        )
+        self._notify(event)
+        return job
+
+    async def add_message(
+        self, job_id: str, text: str, *, level: str = "info", source: str = "kree"
+    ) -> Message:
+        message, event = await self._store.jobs.add_message(
+            job_id, text, level=level, source=source, now=self.now()
+        )
+        self._notify(event)
+        return message
+
+    async def delete(self, job_id: str, *, frontend_id: int | None = None) -> Job:
+        """
+        Delete a NEW or terminal job's record.  Its directory is removed by
+        the caller (the API or the admin console) after this commit.
+        """
+        job, event = await self._store.jobs.delete(job_id, frontend_id=frontend_id, now=self.now())
+        self.log.info("job {job_id} deleted", job_id=job_id)
+        self._notify(event)
+        return job

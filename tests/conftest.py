@@ -1,0 +1,89 @@
+"""
+Shared fixtures: real SQLite files and the real PostgreSQL server.
+
+PostgreSQL tests use the server at $KREE_TEST_POSTGRES_URL (default
+postgresql+psycopg://postgres@127.0.0.1:5432/test), each test in a schema of
+its own that is dropped afterwards.  They are skipped, with the reason, when
+no server answers; with KREE_REQUIRE_POSTGRES=1 (as .ci/run sets) they fail
+instead, so CI can never pass without running them.
+"""
+
+import os
+import secrets
+
+import pytest
+import sqlalchemy as sa
+
+from kree.store import Store, migrate
+
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def postgres_base_url() -> str:
+    return os.environ.get("KREE_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+
+
+def _postgres_unavailable(reason: str):
+    if os.environ.get("KREE_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"PostgreSQL is required here (KREE_REQUIRE_POSTGRES=1) but {reason}")
+    pytest.skip(f"no PostgreSQL for this test: {reason}")
+
+
+@pytest.fixture
+def postgres_url():
+    """A URL whose connections use a fresh, empty schema of their own."""
+    base = postgres_base_url()
+    try:
+        admin = sa.create_engine(base, connect_args={"connect_timeout": 3})
+        conn = admin.connect()
+    except ImportError as e:
+        _postgres_unavailable(f"the PostgreSQL driver is missing ({e})")
+    except sa.exc.OperationalError as e:
+        _postgres_unavailable(f"no server answers at {base} ({e.orig})")
+    schema = f"kree_test_{secrets.token_hex(6)}"
+    conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    conn.commit()
+    url = sa.make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        conn.commit()
+        conn.close()
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'kree.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def store_url(request):
+    """Each test using this runs on a SQLite file and on PostgreSQL."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def store(store_url):
+    """A started store at the newest revision, on the real reactor."""
+    from twisted.internet import reactor
+
+    store = Store.from_url(store_url, reactor)
+    store.start()
+    store.pool.run_in_thread(migrate.upgrade)
+    yield store
+    store.stop()
+
+
+@pytest.fixture
+def frontend(store):
+    """A registered frontend in C{store}."""
+    return store.pool.run_in_thread(store.frontends.add_thd, "portal", "ab" * 32, "CN=portal")
+
+
+@pytest.fixture
+def other_frontend(store):
+    return store.pool.run_in_thread(store.frontends.add_thd, "gateway", "cd" * 32, "CN=gateway")
