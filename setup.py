@@ -17,7 +17,7 @@ setup(
     packages=find_packages(include=["kree", "kree.*"])
     + ["kree.migrations", "kree.migrations.versions"],
     package_dir={"kree.migrations": "migrations"},
-    package_data={"kree.migrations": ["script.py.mako"]},
+    package_data={"kree.migrations": ["script.py.mako"], "kree.api": ["openapi.json"]},
     install_requires=[
         "twisted[tls]>=24.3",
         "sqlalchemy>=2.0,<3",
@@ -26,6 +26,9 @@ setup(
         "service-identity>=24.1",
         "psutil>=5.9",
         "attrs>=23.1",
+        # XML from outside (uploaded workflows) is parsed without entities or
+        # external fetches; hand-rolled expat hardening is easy to get wrong.
+        "defusedxml>=0.7",
     ],
     extras_require={
         "postgresql": ["psycopg[binary]>=3.1"],
@@ -34,12 +37,16 @@ setup(
             "pytest-twisted>=1.14",
             "pytest-timeout>=2.2",
             "psycopg[binary]>=3.1",
+            # Responses are checked against the OpenAPI document.
+            "jsonschema>=4.18",
+            "openapi-spec-validator>=0.7",
         ],
     },
     entry_points={
         "console_scripts": [
             "kreed = kree.daemon:main",
             "kree-admin = kree.admin.cli:main",
+            "kree = kree.cli:main",
         ],
     },
 )

@@ -1,7 +1,7 @@
 """
 C{kreed}: the KREE daemon's entry point.
 
-    kreed [--config FILE] [--state-dir DIR] [--listen HOST:PORT]
+    kreed [--config FILE] [--state-dir DIR] [--listen HOST:PORT] [--dev]
 
 Without a configuration file it runs on embedded defaults: state directory
 C{./kree-state} (or C{$KREE_STATE_DIR}), SQLite inside it, 127.0.0.1:8443.
@@ -52,6 +52,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "else ./kree-state)",
     )
     parser.add_argument("--listen", metavar="HOST:PORT", help="HTTPS address (default 127.0.0.1:8443)")
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="development mode: on first start create a CA, a server certificate for "
+        "localhost and a frontend 'dev' with its certificate under <state-dir>/certs/, "
+        "and print a working curl command",
+    )
     parser.add_argument("--version", action="version", version=f"kreed {__version__}")
     return parser.parse_args(argv)
 
@@ -101,11 +108,21 @@ def release_pid_file(path: Path) -> None:
         pass
 
 
-def run(config: Config, reactor) -> int:
+def dev_curl_command(config: Config, url: str) -> str:
+    from kree.credentials import DEV_FRONTEND, frontend_paths
+
+    cert, key = frontend_paths(config, DEV_FRONTEND)
+    return (
+        f"curl --cacert {config.tls_path('ca')} --cert {cert} --key {key} "
+        f"{url.replace('127.0.0.1', 'localhost')}/v1/service-info"
+    )
+
+
+def run(config: Config, reactor, *, dev: bool = False) -> int:
     """Run the daemon until it is told to stop; the exit code."""
     from kree.service import KreeDaemon
 
-    daemon = KreeDaemon(config, reactor)
+    daemon = KreeDaemon(config, reactor, dev=dev)
     outcome = {"code": EXIT_OK}
 
     def fail(code: int, message: str) -> None:
@@ -119,6 +136,9 @@ def run(config: Config, reactor) -> int:
         except (DatabaseBehind, DatabaseUnknown) as e:
             log.critical("refusing to start: {message}", message=e.message)
             fail(EXIT_DATABASE, e.message)
+        except ConfigError as e:
+            log.critical("refusing to start: {message}", message=e.message)
+            fail(EXIT_CONFIG, e.message)
         except Exception as e:
             log.failure("kreed failed to start")
             fail(EXIT_FAILURE, f"failed to start: {e}")
@@ -129,6 +149,8 @@ def run(config: Config, reactor) -> int:
                 pid=os.getpid(),
                 url=daemon.store.url,
             )
+            if dev:
+                print(f"kreed --dev: try\n  {dev_curl_command(config, daemon.api.url)}", flush=True)
 
     def stop() -> Deferred:
         log.info("kreed stopping")
@@ -166,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     from twisted.internet import reactor
 
     try:
-        code = run(config, reactor)
+        code = run(config, reactor, dev=args.dev)
     finally:
         release_pid_file(config.pid_file)
         logfile.close()

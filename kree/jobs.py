@@ -62,8 +62,10 @@ class JobService:
         *,
         user: str | None = None,
         parameters: dict[str, Any] | None = None,
+        inputs: dict[str, str] | None = None,
         resources: dict[str, Any] | None = None,
         priority: int = 0,
+        workflow_sha256: str | None = None,
     ) -> Job:
         """Create a job in state NEW; its directory is made at dispatch."""
         job_id = new_job_id(self._reactor.seconds())
@@ -74,8 +76,10 @@ class JobService:
             job_dir=str(self._jobs_dir / job_id),
             user=user,
             parameters=parameters,
+            inputs=inputs,
             resources=resources,
             priority=priority,
+            workflow_sha256=workflow_sha256,
             now=self.now(),
         )
         self.log.info(

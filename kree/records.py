@@ -69,6 +69,25 @@ class Job:
 
 
 @attrs.frozen
+class JobInput:
+    name: str
+    uri: str
+    status: str
+    sha256: str | None
+    size: int | None
+    staged_at: datetime.datetime | None
+
+
+@attrs.frozen
+class JobDetail:
+    """A job with its parameters and inputs, read in one transaction."""
+
+    job: Job
+    parameters: dict[str, Any]
+    inputs: list[JobInput]
+
+
+@attrs.frozen
 class Event:
     id: int
     job_id: str

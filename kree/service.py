@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from kree import __version__
+from kree import __version__, credentials, pki
+from kree.api.site import ApiService
 from kree.config import Config
 from kree.jobs import JobService
 from kree.store import Store
@@ -64,10 +66,59 @@ class StoreService(Service):
         self.store.stop()
 
 
+class DevCredentialsService(Service):
+    """
+    C{kreed --dev}: create what is missing of a development CA, a server
+    certificate for localhost, and a frontend named C{dev} with its
+    certificate, and register that frontend.  Existing files are kept, so
+    only the first start creates anything.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: Config, store: Store, reactor) -> None:
+        self._config = config
+        self._store = store
+        self._reactor = reactor
+
+    def startService(self) -> Deferred:
+        Service.startService(self)
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        issued = await deferToThreadPool(
+            self._reactor, self._reactor.getThreadPool(), self._create_files
+        )
+        for what in issued:
+            self.log.info("--dev: created {what}", what=what)
+        cert_path, _ = credentials.frontend_paths(self._config, credentials.DEV_FRONTEND)
+        cert = pki.load_certificate(cert_path)
+        fingerprint = pki.fingerprint(cert)
+        registered = await self._store.frontends.by_fingerprint(fingerprint)
+        if registered is None:
+            await self._store.frontends.add(credentials.DEV_FRONTEND, fingerprint, pki.subject(cert))
+            self.log.info("--dev: registered frontend {frontend}", frontend=credentials.DEV_FRONTEND)
+
+    def _create_files(self) -> list[str]:
+        config = self._config
+        created = []
+        if not config.tls_path("ca").exists():
+            credentials.init_ca(config)
+            created.append(f"development CA {config.tls_path('ca')}")
+        if not config.tls_path("cert").exists():
+            credentials.issue_server(config, credentials.DEV_SERVER_NAMES)
+            created.append(f"server certificate {config.tls_path('cert')}")
+        cert_path, _ = credentials.frontend_paths(config, credentials.DEV_FRONTEND)
+        if not cert_path.exists():
+            credentials.issue_frontend(config, credentials.DEV_FRONTEND)
+            created.append(f"frontend certificate {cert_path}")
+        return created
+
+
 class KreeDaemon(AsyncMultiService):
     log = Logger()
 
-    def __init__(self, config: Config, reactor) -> None:
+    def __init__(self, config: Config, reactor, *, dev: bool = False) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
@@ -79,7 +130,11 @@ class KreeDaemon(AsyncMultiService):
             pool_size=config.store.pool_size,
         )
         StoreService(self.store).setServiceParent(self)
+        if dev:
+            DevCredentialsService(config, self.store, reactor).setServiceParent(self)
         self.jobs = JobService(self.store, reactor, config.jobs_dir)
+        self.api = ApiService(config, self.store, self.jobs, reactor)
+        self.api.setServiceParent(self)
 
     def startService(self) -> Deferred:
         self.log.info(

@@ -87,3 +87,13 @@ def frontend(store):
 @pytest.fixture
 def other_frontend(store):
     return store.pool.run_in_thread(store.frontends.add_thd, "gateway", "cd" * 32, "CN=gateway")
+
+
+@pytest.fixture(scope="module")
+def kree_server(tmp_path_factory):
+    """One live kreed per test module, with frontends "portal" and "gateway"."""
+    from live import LiveKree
+
+    server = LiveKree(tmp_path_factory.mktemp("kree")).start()
+    yield server
+    assert server.stop() == 0, server.log

@@ -17,10 +17,14 @@ from kree.store.engine import create_engine
 from kree.store.pool import DBPool
 
 KREED = [sys.executable, "-c", "from kree.daemon import main; main()"]
+# Without certificates kreed cannot serve its API (exit 2, see test_tls.py);
+# these tests start it as the README does, with --dev, on a free port.
+DEV = ["--dev", "--listen", "127.0.0.1:0"]
 
 
 class Kreed:
-    def __init__(self, tmp_path, *args, env=None):
+    def __init__(self, tmp_path, *args, env=None, dev=True):
+        args = (*DEV, *args) if dev else args
         self.stderr_path = tmp_path / f"kreed-{time.monotonic_ns()}.err"
         self._stderr = open(self.stderr_path, "w")
         self.process = subprocess.Popen(
@@ -80,8 +84,9 @@ def test_fresh_start_and_clean_stop(tmp_path, kreeds, stop_signal):
     state = tmp_path / "state"
     kreed = kreeds(tmp_path, "--state-dir", str(state))
     kreed.wait_running()
-    for part in ("jobs", "cache", "logs", "certs"):
+    for part in ("jobs", "cache", "logs", "certs", "certs/frontends"):
         assert (state / part).is_dir()
+    assert any("frontend API listening" in r["message"] for r in kreed.log())
     assert (state.stat().st_mode & 0o777) == 0o700
     assert int((state / "kreed.pid").read_text()) == kreed.process.pid
     # The database was created and migrated.
@@ -148,12 +153,12 @@ def test_refuses_a_database_from_a_newer_kree(tmp_path, kreeds):
 def test_bad_configuration_exits_2_with_every_problem(tmp_path, kreeds):
     config = tmp_path / "kree.toml"
     config.write_text('[server]\nlisten = "nope"\n[store]\ncolour = 1\n')
-    kreed = kreeds(tmp_path, "--config", str(config))
+    kreed = kreeds(tmp_path, "--config", str(config), dev=False)
     assert kreed.wait() == 2
     assert "server.listen" in kreed.stderr and "unknown key 'colour'" in kreed.stderr
-    kreed = kreeds(tmp_path, "--listen", "bad", "--state-dir", str(tmp_path / "s"))
+    kreed = kreeds(tmp_path, "--listen", "bad", "--state-dir", str(tmp_path / "s"), dev=False)
     assert kreed.wait() == 2
-    kreed = kreeds(tmp_path, "--no-such-flag")
+    kreed = kreeds(tmp_path, "--no-such-flag", dev=False)
     assert kreed.wait() == 2
 
 

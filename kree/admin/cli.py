@@ -14,11 +14,13 @@ import json
 import sys
 from typing import Any
 
-from kree import __version__
+from kree import __version__, credentials, pki
 from kree.config import Config, load_config
 from kree.errors import ConfigError, KreeError
+from kree.records import isoformat
 from kree.store import migrate
 from kree.store.engine import create_engine, is_sqlite
+from kree.store.frontends import FrontendsStore
 from kree.store.pool import DBPool
 
 EXIT_OK = 0
@@ -60,6 +62,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     downgrade.add_argument("revision", metavar="REVISION")
     downgrade.set_defaults(handler=db_downgrade)
+
+    ca = commands.add_parser(
+        "ca",
+        help="the certificate authority for frontend and server certificates",
+        description="Create the CA whose certificates kreed trusts ([tls] ca; the key goes "
+        "to <state-dir>/certs/ca.key, mode 0600). For production you may use your own CA "
+        "instead: point [tls] ca at it and register frontends with `frontend add`.",
+    )
+    ca_commands = ca.add_subparsers(dest="ca_command", metavar="ACTION", required=True)
+    ca_commands.add_parser("init", help="create a new CA (refuses to overwrite one)").set_defaults(
+        handler=ca_init
+    )
+
+    cert = commands.add_parser(
+        "cert",
+        help="issue certificates signed by the CA",
+        description="Issue an ECDSA P-256 certificate signed by the CA of `ca init`.",
+    )
+    cert_commands = cert.add_subparsers(dest="cert_command", metavar="ACTION", required=True)
+    issue = cert_commands.add_parser(
+        "issue",
+        help="issue a frontend (client) or the server certificate",
+        description="--frontend NAME writes <state-dir>/certs/frontends/NAME.pem and .key and "
+        "registers the frontend; --server HOST (repeatable: DNS names or IP addresses) "
+        "writes kreed's server certificate ([tls] cert and key).",
+    )
+    who = issue.add_mutually_exclusive_group(required=True)
+    who.add_argument("--frontend", metavar="NAME", help="issue and register a frontend")
+    who.add_argument("--server", metavar="HOST", action="append",
+                     help="issue the server certificate for HOST (repeat for more names)")
+    issue.set_defaults(handler=cert_issue)
+
+    frontend = commands.add_parser(
+        "frontend",
+        help="registered frontends: add, list, revoke",
+        description="Frontends are identified by the SHA-256 fingerprint of their client "
+        "certificate. Revoking one takes effect on its next request, without restarting kreed.",
+    )
+    frontend_commands = frontend.add_subparsers(dest="frontend_command", metavar="ACTION",
+                                                required=True)
+    add = frontend_commands.add_parser("add", help="register a frontend's certificate")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--cert", metavar="FILE", required=True, help="its certificate (PEM or DER)")
+    add.set_defaults(handler=frontend_add)
+    frontend_commands.add_parser("list", help="list frontends").set_defaults(handler=frontend_list)
+    revoke = frontend_commands.add_parser("revoke", help="refuse a frontend from now on")
+    revoke.add_argument("name", metavar="NAME")
+    revoke.set_defaults(handler=frontend_revoke)
     return parser
 
 
@@ -123,6 +173,126 @@ def db_downgrade(config: Config, args) -> dict[str, Any]:
         f"to {', '.join(after.current) or 'base (no tables)'}"
     )
     return result
+
+
+def _frontends(config: Config):
+    """The frontends table, creating an empty database like kreed would."""
+    pool = _pool(config)
+    status = pool.run_in_thread(migrate.schema_status)
+    if status.state is migrate.SchemaState.FRESH:
+        pool.run_in_thread(migrate.upgrade)
+    else:
+        status.require_current()
+    return pool, FrontendsStore(pool)
+
+
+def _frontend_json(frontend) -> dict[str, Any]:
+    return {
+        "name": frontend.name,
+        "fingerprint": frontend.fingerprint,
+        "subject": frontend.subject,
+        "created": isoformat(frontend.created_at),
+        "revoked": isoformat(frontend.revoked_at),
+    }
+
+
+def ca_init(config: Config, args) -> dict[str, Any]:
+    issued = credentials.init_ca(config)
+    return {
+        "cert": str(issued.cert),
+        "key": str(issued.key),
+        "fingerprint": issued.fingerprint,
+        "message": f"created CA {issued.cert} (key {issued.key}, mode 0600)",
+    }
+
+
+def cert_issue(config: Config, args) -> dict[str, Any]:
+    if args.server:
+        issued = credentials.issue_server(config, args.server)
+        return {
+            "cert": str(issued.cert),
+            "key": str(issued.key),
+            "fingerprint": issued.fingerprint,
+            "message": f"issued server certificate {issued.cert} for {', '.join(args.server)}; "
+            "restart kreed to use it",
+        }
+    if not credentials.valid_frontend_name(args.frontend):
+        raise CommandFailed(
+            f"frontend name {args.frontend!r}: use letters, digits, '.', '_' and '-'"
+        )
+    pool, frontends = _frontends(config)
+    try:
+        # Refuse before writing files if the name is taken.
+        if any(f.name == args.frontend for f in pool.run_in_thread(frontends.list_thd)):
+            raise CommandFailed(f"a frontend named {args.frontend!r} exists already")
+        issued = credentials.issue_frontend(config, args.frontend)
+        frontend = pool.run_in_thread(
+            frontends.add_thd, args.frontend, issued.fingerprint, issued.subject
+        )
+    finally:
+        pool.stop()
+    return {
+        **_frontend_json(frontend),
+        "cert": str(issued.cert),
+        "key": str(issued.key),
+        "message": f"issued {issued.cert} (key {issued.key}, mode 0600) and registered "
+        f"frontend {frontend.name} ({frontend.fingerprint})",
+    }
+
+
+def frontend_add(config: Config, args) -> dict[str, Any]:
+    if not credentials.valid_frontend_name(args.name):
+        raise CommandFailed(f"frontend name {args.name!r}: use letters, digits, '.', '_' and '-'")
+    cert = pki.load_certificate(args.cert)
+    ca_path = config.tls_path("ca")
+    if ca_path.exists():
+        from cryptography import x509
+
+        cas = x509.load_pem_x509_certificates(ca_path.read_bytes())
+        if not any(pki.signed_by(cert, ca) for ca in cas):
+            raise CommandFailed(
+                f"{args.cert} is not signed by the CA kreed trusts ({ca_path}); kreed would "
+                "refuse its TLS handshake"
+            )
+    pool, frontends = _frontends(config)
+    try:
+        frontend = pool.run_in_thread(
+            frontends.add_thd, args.name, pki.fingerprint(cert), pki.subject(cert)
+        )
+    finally:
+        pool.stop()
+    return {**_frontend_json(frontend),
+            "message": f"registered frontend {frontend.name} ({frontend.fingerprint})"}
+
+
+def frontend_list(config: Config, args) -> dict[str, Any]:
+    pool, frontends = _frontends(config)
+    try:
+        rows = [_frontend_json(f) for f in pool.run_in_thread(frontends.list_thd)]
+    finally:
+        pool.stop()
+    table = _table(
+        ["NAME", "FINGERPRINT", "CREATED", "REVOKED"],
+        [[r["name"], r["fingerprint"], r["created"], r["revoked"] or "-"] for r in rows],
+    )
+    return {"frontends": rows, "message": table if rows else "no frontends registered"}
+
+
+def frontend_revoke(config: Config, args) -> dict[str, Any]:
+    pool, frontends = _frontends(config)
+    try:
+        frontend = pool.run_in_thread(frontends.revoke_thd, args.name)
+    finally:
+        pool.stop()
+    return {**_frontend_json(frontend),
+            "message": f"revoked frontend {frontend.name}; its next request is refused"}
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip()
+             for row in [headers, *rows]]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

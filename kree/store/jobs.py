@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from kree import states
 from kree.errors import InvalidTransition, JobNotFound
-from kree.records import Event, Job, Message
+from kree.records import Event, Job, JobDetail, JobInput, Message
 from kree.states import Action, JobState
 from kree.store import model
 from kree.store.events import append_thd, utcnow
@@ -84,11 +84,13 @@ class JobsStore:
         job_dir: str,
         user: str | None = None,
         parameters: dict[str, Any] | None = None,
+        inputs: dict[str, str] | None = None,
         resources: dict[str, Any] | None = None,
+        workflow_sha256: str | None = None,
         priority: int = 0,
         now: datetime.datetime | None = None,
     ) -> tuple[Job, Event]:
-        """Insert a NEW job, its parameters and its C{job.created} event."""
+        """Insert a NEW job, its parameters and inputs, and its C{job.created} event."""
         now = now or utcnow()
         conn.execute(
             model.jobs.insert().values(
@@ -101,10 +103,13 @@ class JobsStore:
                 created_at=now,
                 job_dir=job_dir,
                 resources=resources or {},
+                workflow_sha256=workflow_sha256,
             )
         )
         if parameters:
             self.set_parameters_thd(conn, job_id, parameters)
+        for name, uri in (inputs or {}).items():
+            self.set_input_thd(conn, job_id, name, uri)
         event = append_thd(
             conn,
             job_id,
@@ -132,6 +137,13 @@ class JobsStore:
         if row is None:
             raise JobNotFound(job_id)
         return _job(row)
+
+    async def get_detail(self, job_id: str, frontend_id: int | None = None) -> JobDetail:
+        return await self._pool.run(self.get_detail_thd, job_id, frontend_id)
+
+    def get_detail_thd(self, conn, job_id: str, frontend_id: int | None = None) -> JobDetail:
+        job = self.get_thd(conn, job_id, frontend_id)
+        return JobDetail(job, self.get_parameters_thd(conn, job_id), self.list_inputs_thd(conn, job_id))
 
     async def list(self, **kwargs) -> list[Job]:
         return await self._pool.run(self.list_thd, **kwargs)
@@ -308,6 +320,61 @@ class JobsStore:
             )
             if value is not None:
                 conn.execute(params.insert().values(job_id=job_id, name=name, value=value))
+
+    # -- inputs -------------------------------------------------------------
+
+    def set_input_thd(self, conn, job_id: str, name: str, uri: str) -> None:
+        inputs = model.job_inputs
+        conn.execute(inputs.delete().where(inputs.c.job_id == job_id, inputs.c.name == name))
+        conn.execute(inputs.insert().values(job_id=job_id, name=name, uri=uri, status="pending"))
+
+    def list_inputs_thd(self, conn, job_id: str) -> list[JobInput]:
+        inputs = model.job_inputs
+        rows = conn.execute(
+            sa.select(inputs).where(inputs.c.job_id == job_id).order_by(inputs.c.name)
+        )
+        return [JobInput(r.name, r.uri, r.status, r.sha256, r.size, r.staged_at) for r in rows]
+
+    # -- changes allowed only while NEW ----------------------------------------
+
+    async def update_new(self, job_id: str, **kwargs) -> JobDetail:
+        return await self._pool.run(self.update_new_thd, job_id, **kwargs)
+
+    def update_new_thd(
+        self,
+        conn,
+        job_id: str,
+        *,
+        what: str,
+        frontend_id: int | None = None,
+        parameters: dict[str, Any] | None = None,
+        inputs: dict[str, str] | None = None,
+        resources: dict[str, Any] | None = None,
+    ) -> JobDetail:
+        """
+        Change parameters (merged; None removes one), inputs or resources
+        (replaced) of a job that is still NEW; the state check and the change
+        are one transaction.
+
+        @param what: the change, for the error message ("set parameters").
+        @raise InvalidTransition: the job is no longer NEW.
+        """
+        job = self.get_thd(conn, job_id, frontend_id, lock=True)
+        if job.state is not JobState.NEW:
+            raise InvalidTransition(
+                job.state, what, f"cannot {what} of a job in state {job.state}: only while NEW"
+            )
+        if parameters:
+            self.set_parameters_thd(conn, job_id, parameters)
+        for name, uri in (inputs or {}).items():
+            self.set_input_thd(conn, job_id, name, uri)
+        if resources is not None:
+            conn.execute(
+                model.jobs.update()
+                .where(model.jobs.c.id == job_id)
+                .values(resources=resources, priority=resources.get("priority", 0))
+            )
+        return self.get_detail_thd(conn, job_id)
 
     # -- delete -------------------------------------------------------------
 

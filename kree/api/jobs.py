@@ -1,0 +1,391 @@
+"""
+The job endpoints of API v1 (DESIGN.md section 3).
+
+Every handler passes the calling frontend's id down to the store, so a job
+of another frontend is "not found" (404) on every endpoint, never 403.
+State actions go through the job service, the one writer of job state.
+"""
+
+from __future__ import annotations
+
+import datetime
+import mimetypes
+import shutil
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.threads import deferToThreadPool
+from twisted.web import static
+from twisted.web.server import NOT_DONE_YET
+
+from kree import jobspec
+from kree.api.resource import ALREADY_WRITTEN, ApiError, Call, Response, Router
+from kree.errors import InvalidRequest, JobNotFound
+from kree.ids import looks_like_job_id
+from kree.records import Event, Job, JobDetail, Message, isoformat
+from kree.states import Action, JobState
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+MAX_WAIT_SECONDS = 60
+
+STATE_ACTIONS = {
+    "queue": Action.QUEUE,
+    "pause": Action.PAUSE,
+    "resume": Action.RESUME,
+    "stop": Action.STOP,
+    "kill": Action.KILL,
+}
+
+
+def job_summary(job: Job, now: datetime.datetime) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "state": job.state.value,
+        "workflow": job.workflow_uri,
+        "user": job.user,
+        "created": isoformat(job.created_at),
+        "ended": isoformat(job.ended_at),
+        "href": f"/v1/jobs/{job.id}",
+    }
+
+
+def job_state(job: Job, now: datetime.datetime) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "state": job.state.value,
+        "paused_from": job.paused_from.value if job.paused_from else None,
+        "created": isoformat(job.created_at),
+        "queued": isoformat(job.queued_at),
+        "started": isoformat(job.started_at),
+        "ended": isoformat(job.ended_at),
+        "running_seconds": round(job.running_time(now), 3),
+        "progress": job.progress,
+        "cpu_seconds": job.cpu_seconds,
+        "peak_memory_bytes": job.peak_memory_bytes,
+        "exit_code": job.exit_code,
+        "error": job.error,
+    }
+
+
+def job_record(detail: JobDetail, now: datetime.datetime) -> dict[str, Any]:
+    job = detail.job
+    record = job_state(job, now)
+    record.update(
+        workflow=job.workflow_uri,
+        workflow_sha256=job.workflow_sha256,
+        user=job.user,
+        priority=job.priority,
+        resources=job.resources,
+        parameters=detail.parameters,
+        inputs={i.name: {"uri": i.uri, "status": i.status, "size": i.size} for i in detail.inputs},
+        links={
+            name: f"/v1/jobs/{job.id}/{name}"
+            for name in ("state", "parameters", "messages", "events", "results", "products")
+        },
+    )
+    return record
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "time": isoformat(message.time),
+        "level": message.level,
+        "source": message.source,
+        "text": message.text,
+    }
+
+
+def _product_name(name: str) -> str:
+    # Product names are file names in products/: no separators, no dot files.
+    if not jobspec.INPUT_NAME.match(name) or ".." in name:
+        raise ApiError(404, "product_not_found", f"no product {name!r}", product=name)
+    return name
+
+
+def _list_products(products_dir: Path) -> list[dict[str, Any]]:
+    if not products_dir.is_dir():
+        return []
+    products = []
+    for path in sorted(products_dir.iterdir()):
+        if path.is_symlink() or not path.is_file() or path.name.startswith("."):
+            continue
+        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        products.append({"name": path.name, "size": path.stat().st_size, "media_type": media_type})
+    return products
+
+
+class JobsApi:
+    def __init__(self, store, jobs, waiters, reactor, threadpool, max_body_bytes: int) -> None:
+        self._store = store
+        self._jobs = jobs
+        self._waiters = waiters
+        self._reactor = reactor
+        self._threadpool = threadpool
+        self._max_body_bytes = max_body_bytes
+
+    def _in_thread(self, fn, *args):
+        """File-system work (job directories) off the reactor thread."""
+        return deferToThreadPool(self._reactor, self._threadpool, fn, *args)
+
+    def register(self, router: Router) -> None:
+        router.add("POST", "/v1/jobs", self.create, "job.create")
+        router.add("GET", "/v1/jobs", self.list)
+        router.add("GET", "/v1/jobs/{id}", self.get)
+        router.add("DELETE", "/v1/jobs/{id}", self.delete, "job.delete")
+        router.add("GET", "/v1/jobs/{id}/state", self.state)
+        router.add("GET", "/v1/jobs/{id}/parameters", self.get_parameters)
+        router.add("PATCH", "/v1/jobs/{id}/parameters", self.patch_parameters, "job.parameters")
+        router.add("PUT", "/v1/jobs/{id}/inputs/{name}", self.put_input, "job.input")
+        router.add("PUT", "/v1/jobs/{id}/resources", self.put_resources, "job.resources")
+        for name in STATE_ACTIONS:
+            router.add("POST", f"/v1/jobs/{{id}}/{name}", self._action_handler(name), f"job.{name}")
+        router.add("GET", "/v1/jobs/{id}/input", self.get_input)
+        router.add("POST", "/v1/jobs/{id}/input", self.answer_input, "job.answer")
+        router.add("GET", "/v1/jobs/{id}/messages", self.messages)
+        router.add("GET", "/v1/jobs/{id}/events", self.events)
+        router.add("GET", "/v1/jobs/{id}/results", self.results)
+        router.add("GET", "/v1/jobs/{id}/products", self.products)
+        router.add("GET", "/v1/jobs/{id}/products/{name}", self.product)
+
+    async def _job(self, call: Call) -> Job:
+        job_id = call.params["id"]
+        if not looks_like_job_id(job_id):
+            raise JobNotFound(job_id)
+        return await self._store.jobs.get(job_id, call.frontend.id)
+
+    # -- create and list ------------------------------------------------------
+
+    async def create(self, call: Call) -> Response:
+        body = call.json_object()
+        unknown = sorted(set(body) - {"workflow", "parameters", "inputs", "resources", "queue"})
+        if unknown:
+            raise ApiError(422, "invalid_request", f"unknown fields {unknown}", unknown=unknown)
+        workflow = jobspec.check_uri(body.get("workflow"))
+        parameters = jobspec.check_parameters(body.get("parameters"))
+        inputs = jobspec.check_inputs(body.get("inputs"))
+        resources = jobspec.check_resources(body.get("resources"))
+        queue = body.get("queue", False)
+        if not isinstance(queue, bool):
+            raise ApiError(422, "invalid_request", "queue must be true or false")
+        sha256 = jobspec.uploaded_workflow_sha256(workflow)
+        if sha256 is not None and await self._store.cache.get(workflow) is None:
+            raise ApiError(422, "workflow_not_found",
+                           f"no uploaded workflow {workflow}: upload it with POST /v1/workflows",
+                           workflow=workflow)
+        job = await self._jobs.create(
+            call.frontend.id,
+            workflow,
+            user=call.user,
+            parameters=parameters,
+            inputs=inputs,
+            resources=resources,
+            priority=resources.get("priority", 0),
+            workflow_sha256=sha256,
+        )
+        if queue:
+            await self._jobs.apply(job.id, Action.QUEUE, reason="queued at creation",
+                                   frontend_id=call.frontend.id)
+        detail = await self._store.jobs.get_detail(job.id, call.frontend.id)
+        return Response(201, job_record(detail, self._jobs.now()),
+                        {"location": f"/v1/jobs/{job.id}"}, job_id=job.id)
+
+    async def list(self, call: Call) -> dict[str, Any]:
+        state = call.query("state")
+        if state is not None:
+            try:
+                state = JobState(state.upper())
+            except ValueError:
+                raise InvalidRequest(f"unknown state {state!r}",
+                                     allowed=[s.value for s in JobState]) from None
+        created_after = call.query("created_after")
+        if created_after is not None:
+            try:
+                created_after = datetime.datetime.fromisoformat(created_after.replace("Z", "+00:00"))
+            except ValueError:
+                raise InvalidRequest("created_after must be an ISO 8601 time") from None
+            if created_after.tzinfo is None:
+                created_after = created_after.replace(tzinfo=datetime.timezone.utc)
+        limit = call.query_int("limit", DEFAULT_PAGE, 1, MAX_PAGE)
+        after = call.query("after")
+        user = call.query("user") or call.user
+        jobs = await self._store.jobs.list(
+            frontend_id=call.frontend.id, state=state, user=user,
+            created_after=created_after, after=after, limit=limit + 1,
+        )
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        now = self._jobs.now()
+        return {
+            "jobs": [job_summary(job, now) for job in jobs],
+            "next": jobs[-1].id if more else None,
+        }
+
+    # -- one job -------------------------------------------------------------------
+
+    async def get(self, call: Call) -> dict[str, Any]:
+        job = await self._job(call)
+        detail = await self._store.jobs.get_detail(job.id, call.frontend.id)
+        return job_record(detail, self._jobs.now())
+
+    async def state(self, call: Call) -> dict[str, Any]:
+        return job_state(await self._job(call), self._jobs.now())
+
+    async def delete(self, call: Call) -> Response:
+        job = await self._job(call)
+        await self._jobs.delete(job.id, frontend_id=call.frontend.id)
+        await self._in_thread(shutil.rmtree, job.job_dir, True)
+        return Response(204, None, job_id=job.id)
+
+    async def get_parameters(self, call: Call) -> dict[str, Any]:
+        job = await self._job(call)
+        detail = await self._store.jobs.get_detail(job.id, call.frontend.id)
+        return {"id": job.id, "parameters": detail.parameters}
+
+    async def patch_parameters(self, call: Call) -> dict[str, Any]:
+        job = await self._job(call)
+        body = call.json_object()
+        parameters = jobspec.check_parameters(body.get("parameters", body), allow_null=True)
+        detail = await self._store.jobs.update_new(
+            job.id, what="set parameters", frontend_id=call.frontend.id, parameters=parameters
+        )
+        return {"id": job.id, "parameters": detail.parameters}
+
+    async def put_input(self, call: Call) -> dict[str, Any]:
+        job = await self._job(call)
+        name = jobspec.check_input_name(call.params["name"])
+        body = call.json_object()
+        uri = jobspec.check_uri(body.get("uri"), schemes=jobspec.INPUT_SCHEMES, field=f"inputs.{name}")
+        detail = await self._store.jobs.update_new(
+            job.id, what="set inputs", frontend_id=call.frontend.id, inputs={name: uri}
+        )
+        staged = next(i for i in detail.inputs if i.name == name)
+        return {"id": job.id, "name": name, "uri": staged.uri, "status": staged.status}
+
+    async def put_resources(self, call: Call) -> dict[str, Any]:
+        job = await self._job(call)
+        resources = jobspec.check_resources(call.json_object())
+        detail = await self._store.jobs.update_new(
+            job.id, what="set resources", frontend_id=call.frontend.id, resources=resources
+        )
+        return {"id": job.id, "resources": detail.job.resources}
+
+    def _action_handler(self, name: str):
+        action = STATE_ACTIONS[name]
+
+        async def handler(call: Call) -> dict[str, Any]:
+            job = await self._job(call)
+            body = call.json_object(required=False)
+            reason = body.get("reason") if isinstance(body.get("reason"), str) else None
+            job = await self._jobs.apply(
+                job.id, action, reason=reason or f"{name} requested by {call.frontend.name}",
+                frontend_id=call.frontend.id,
+            )
+            return job_state(job, self._jobs.now())
+
+        handler.__name__ = f"job_{name}"
+        return handler
+
+    # -- interaction -----------------------------------------------------------------
+
+    async def _prompt(self, job: Job) -> dict[str, Any]:
+        if job.state is not JobState.WAITING:
+            raise ApiError(409, "not_waiting", f"job is {job.state}, not WAITING for input",
+                           state=job.state.value)
+        events = await self._store.events.list_for_job(job.id, max(0, job.last_seq - 200), 200)
+        prompts = [e for e in events if e.type == "job.waiting"]
+        if not prompts:
+            raise ApiError(409, "not_waiting", "job is WAITING but its prompt is not recorded",
+                           state=job.state.value)
+        return prompts[-1].data
+
+    async def get_input(self, call: Call) -> dict[str, Any]:
+        job = await self._job(call)
+        return {"id": job.id, "prompt": await self._prompt(job)}
+
+    async def answer_input(self, call: Call) -> dict[str, Any]:
+        job = await self._job(call)
+        await self._prompt(job)
+        # Reaching WAITING needs a running engine; answering it is the
+        # supervisor's (issue 5), which this version does not have yet.
+        raise ApiError(409, "not_waiting", "no engine is waiting for this answer",
+                       state=job.state.value)
+
+    async def messages(self, call: Call) -> dict[str, Any]:
+        job = await self._job(call)
+        after = call.query_int("after", 0)
+        limit = call.query_int("limit", 100, 1, MAX_PAGE)
+        messages = await self._store.jobs.list_messages(job.id, after, limit)
+        return {
+            "id": job.id,
+            "messages": [message_json(m) for m in messages],
+            "next": messages[-1].id if messages else after,
+        }
+
+    async def events(self, call: Call) -> dict[str, Any]:
+        job = await self._job(call)
+        after = call.query_int("after", 0)
+        limit = call.query_int("limit", 100, 1, MAX_PAGE)
+        wait = call.query_int("wait", 0, 0, 3600)
+        waiter = self._waiters.waiter(job.id) if wait else None
+        events = await self._store.events.list_for_job(job.id, after, limit)
+        if waiter is not None:
+            if not events and await self._waiters.until(waiter, min(wait, MAX_WAIT_SECONDS)):
+                events = await self._store.events.list_for_job(job.id, after, limit)
+            else:
+                self._waiters.forget(waiter)
+        return {
+            "id": job.id,
+            "events": [e.to_json() for e in events],
+            "next": events[-1].seq if events else after,
+        }
+
+    # -- results -------------------------------------------------------------------------
+
+    async def results(self, call: Call) -> dict[str, Any]:
+        job = await self._job(call)
+        products = await self._in_thread(_list_products, Path(job.job_dir) / "products")
+        for product in products:
+            product["href"] = f"/v1/jobs/{job.id}/products/{product['name']}"
+        return {
+            "id": job.id,
+            "state": job.state.value,
+            "complete": job.state is JobState.FINISHED,
+            "outputs": {},
+            "products": products,
+        }
+
+    async def products(self, call: Call) -> dict[str, Any]:
+        job = await self._job(call)
+        products = await self._in_thread(_list_products, Path(job.job_dir) / "products")
+        for product in products:
+            product["href"] = f"/v1/jobs/{job.id}/products/{product['name']}"
+        return {"id": job.id, "products": products}
+
+    async def product(self, call: Call):
+        job = await self._job(call)
+        name = _product_name(call.params["name"])
+        products_dir = Path(job.job_dir) / "products"
+        path = products_dir / name
+
+        def check() -> bool:
+            return (
+                path.is_file()
+                and not path.is_symlink()
+                and path.resolve().parent == products_dir.resolve()
+            )
+
+        if not await self._in_thread(check):
+            raise ApiError(404, "product_not_found", f"no product {name!r}", product=name)
+        media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        # static.File does Content-Type, Content-Length, Range and HEAD, and
+        # streams the file with a producer.
+        resource = static.File(str(path), defaultType=media_type)
+        resource.type, resource.encoding = media_type, None
+        call.request.setHeader(b"cache-control", b"no-store")
+        body = resource.render(call.request)
+        if body is not NOT_DONE_YET:  # HEAD: headers only
+            call.request.write(body)
+            call.request.finish()
+        return ALREADY_WRITTEN

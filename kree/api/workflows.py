@@ -1,0 +1,96 @@
+"""
+POST /v1/workflows: upload a workflow document.
+
+The document is stored once by its SHA-256 in <state-dir>/cache/ and named
+C{kree:workflow/<sha256>}; uploading the same bytes again answers the same
+URI (200 instead of 201).  XML from outside is parsed with defusedxml: the
+DOCTYPE line real MoML files carry is accepted and never fetched, entity
+declarations are refused.  Full validation of the model is the engine's
+(issue 4); here the document must be well-formed MoML (root <entity>).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import defusedxml.ElementTree as DefusedET
+from defusedxml import DefusedXmlException
+from twisted.internet.threads import deferToThreadPool
+
+from kree.api.resource import ApiError, Call, Response, Router
+
+XML_TYPES = ("application/xml", "text/xml", "application/x-moml+xml")
+
+
+def check_moml(data: bytes) -> None:
+    try:
+        root = DefusedET.fromstring(
+            data, forbid_dtd=False, forbid_entities=True, forbid_external=True
+        )
+    except DefusedXmlException as e:
+        raise ApiError(422, "invalid_workflow", f"refused XML construct: {e}") from None
+    except DefusedET.ParseError as e:
+        raise ApiError(422, "invalid_workflow", f"not well-formed XML: {e}") from None
+    except RecursionError:
+        raise ApiError(422, "invalid_workflow", "the document is nested too deeply") from None
+    if root.tag not in ("entity", "class"):
+        raise ApiError(422, "invalid_workflow",
+                       f"not a MoML workflow: the root element is <{root.tag}>, not <entity>")
+
+
+def store_document(cache_dir: Path, sha256: str, data: bytes) -> Path:
+    """Write the document atomically (temp file, then rename)."""
+    path = cache_dir / sha256
+    if path.exists():
+        return path
+    cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".upload-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+class WorkflowsApi:
+    def __init__(self, store, cache_dir: Path, reactor, threadpool) -> None:
+        self._store = store
+        self._cache_dir = Path(cache_dir)
+        self._reactor = reactor
+        self._threadpool = threadpool
+
+    def register(self, router: Router) -> None:
+        router.add("POST", "/v1/workflows", self.upload, "workflow.upload")
+
+    async def upload(self, call: Call) -> Response:
+        media_type = (call.request.getHeader("content-type") or "").split(";")[0].strip().lower()
+        if media_type not in XML_TYPES and not media_type.endswith("+xml"):
+            raise ApiError(415, "unsupported_media_type",
+                           f"a workflow must be sent as {XML_TYPES[0]}, not {media_type or 'untyped'}",
+                           content_type=media_type)
+        data = call.body_bytes()
+        if not data:
+            raise ApiError(400, "invalid_request", "the workflow document is empty")
+        # Parsing and hashing a large document is CPU work: off the reactor.
+        sha256 = await deferToThreadPool(self._reactor, self._threadpool, self._check_and_hash, data)
+        uri = f"kree:workflow/{sha256}"
+        existing = await self._store.cache.get(uri)
+        await deferToThreadPool(self._reactor, self._threadpool,
+                                store_document, self._cache_dir, sha256, data)
+        if existing is None:
+            await self._store.cache.record_fetch(uri, sha256=sha256, size=len(data))
+        body = {"uri": uri, "sha256": sha256, "size": len(data)}
+        return Response(200 if existing else 201, body, {"location": f"/v1/workflows/{sha256}"})
+
+    @staticmethod
+    def _check_and_hash(data: bytes) -> str:
+        check_moml(data)
+        return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,210 @@
+"""
+What a job request may contain, checked: parameters by full name, inputs by
+name and URI, resources, and workflow URIs.
+
+Every check raises an ApiError-compatible KreeError (422) naming the field,
+so the API, the feasibility check and the console refuse the same things with
+the same words.  Deep checks of URIs (allowed hosts, addresses inside the
+host) happen at fetch time, in kree.fetch.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from kree.errors import KreeError
+
+MAX_PARAMETERS = 1000
+MAX_NAME_LENGTH = 1000
+MAX_URI_LENGTH = 4096
+WORKFLOW_SCHEMES = ("https", "http", "file", "kree")
+INPUT_SCHEMES = ("https", "http", "file")
+KREE_WORKFLOW = re.compile(r"^kree:workflow/([0-9a-f]{64})$")
+INPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+BACKENDS = ("local", "slurm")
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_DURATION = re.compile(r"^(?:(?:(\d+)-)?(\d+):)?(\d+):(\d+)$")
+
+
+class InvalidJobSpec(KreeError):
+    status = 422
+
+    def __init__(self, code: str, message: str, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.code = code
+
+
+def check_full_name(name: Any) -> str:
+    """A Ptolemy full name: C{.model.actor.param}; names never contain periods."""
+    if (
+        not isinstance(name, str)
+        or len(name) > MAX_NAME_LENGTH
+        or not name.startswith(".")
+        or any(part.strip() == "" for part in name[1:].split("."))
+        or not name.isprintable()
+    ):
+        raise InvalidJobSpec(
+            "invalid_parameter",
+            f"parameter name {name!r} is not a full name such as .model.Ramp.step",
+            parameter=name if isinstance(name, str) else repr(name),
+        )
+    return name
+
+
+def check_parameters(value: Any, *, allow_null: bool = False) -> dict[str, Any]:
+    """Parameters by full name; values are JSON scalars or arrays (null removes, in PATCH)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidJobSpec("invalid_parameter", "parameters must be an object of full name: value")
+    if len(value) > MAX_PARAMETERS:
+        raise InvalidJobSpec("invalid_parameter", f"at most {MAX_PARAMETERS} parameters")
+    for name, v in value.items():
+        check_full_name(name)
+        if v is None and allow_null:
+            continue
+        if v is None or isinstance(v, dict):
+            raise InvalidJobSpec(
+                "invalid_parameter",
+                f"parameter {name}: value must be a string, number, boolean or array",
+                parameter=name,
+            )
+    return dict(value)
+
+
+def check_uri(uri: Any, *, schemes=WORKFLOW_SCHEMES, field: str = "workflow") -> str:
+    if not isinstance(uri, str) or not uri or len(uri) > MAX_URI_LENGTH:
+        raise InvalidJobSpec("invalid_uri", f"{field}: a URI of at most {MAX_URI_LENGTH} characters is required",
+                             field=field)
+    try:
+        parts = urlsplit(uri)
+    except ValueError as e:
+        raise InvalidJobSpec("invalid_uri", f"{field}: {e}", field=field) from None
+    scheme = parts.scheme.lower()
+    if scheme not in schemes:
+        raise InvalidJobSpec(
+            "uri_not_allowed",
+            f"{field}: scheme {scheme or '(none)'!r} is not allowed (allowed: {', '.join(schemes)})",
+            field=field,
+            uri=uri,
+        )
+    if scheme in ("http", "https") and not parts.hostname:
+        raise InvalidJobSpec("invalid_uri", f"{field}: {uri!r} has no host", field=field)
+    if scheme == "file" and not parts.path.startswith("/"):
+        raise InvalidJobSpec("invalid_uri", f"{field}: a file: URI needs an absolute path", field=field)
+    if scheme == "kree" and not KREE_WORKFLOW.match(uri):
+        raise InvalidJobSpec(
+            "invalid_uri", f"{field}: kree: URIs look like kree:workflow/<sha256>", field=field
+        )
+    if any(c in uri for c in "\r\n\t\x00 "):
+        raise InvalidJobSpec("invalid_uri", f"{field}: the URI contains white space", field=field)
+    return uri
+
+
+def uploaded_workflow_sha256(uri: str) -> str | None:
+    """The hash in a C{kree:workflow/<sha256>} URI, or None for other URIs."""
+    m = KREE_WORKFLOW.match(uri)
+    return m.group(1) if m else None
+
+
+def check_input_name(name: Any) -> str:
+    """Input names become file names in the job directory: no path tricks."""
+    if not isinstance(name, str) or not INPUT_NAME.match(name) or ".." in name:
+        raise InvalidJobSpec(
+            "invalid_input",
+            f"input name {name!r}: use letters, digits, '.', '_' and '-', starting with a "
+            "letter or digit (at most 255)",
+            input=name if isinstance(name, str) else repr(name),
+        )
+    return name
+
+
+def check_inputs(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidJobSpec("invalid_input", "inputs must be an object of name: URI")
+    return {
+        check_input_name(name): check_uri(uri, schemes=INPUT_SCHEMES, field=f"inputs.{name}")
+        for name, uri in value.items()
+    }
+
+
+def parse_size(value: Any, field: str) -> int:
+    """Bytes from an integer or a string such as C{"512M"} or C{"4GiB"}."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value.strip())
+        if m:
+            unit = (m.group(2) or "").upper().rstrip("B").rstrip("I")
+            number = int(float(m.group(1)) * _UNITS[unit])
+            if number > 0:
+                return number
+    raise InvalidJobSpec("invalid_resources", f"{field}: a positive size such as 4096, \"512M\" or \"4G\"",
+                         field=field)
+
+
+def parse_duration(value: Any, field: str) -> int:
+    """Seconds from an integer or Slurm's C{[D-]HH:MM:SS} or C{MM:SS}."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return int(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value.strip())
+        if m:
+            days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
+            total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+            if total > 0:
+                return total
+    raise InvalidJobSpec("invalid_resources",
+                         f"{field}: a positive number of seconds or [D-]HH:MM:SS", field=field)
+
+
+def check_resources(value: Any) -> dict[str, Any]:
+    """
+    Resources, normalised: backend, cpus, memory (bytes), walltime (seconds),
+    priority, input_timeout (seconds), partition.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidJobSpec("invalid_resources", "resources must be an object")
+    known = ("backend", "cpus", "memory", "walltime", "priority", "input_timeout", "partition")
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise InvalidJobSpec("invalid_resources", f"unknown resources {unknown} (known: {', '.join(known)})",
+                             unknown=unknown)
+    out: dict[str, Any] = {}
+    if "backend" in value:
+        if value["backend"] not in BACKENDS:
+            raise InvalidJobSpec("invalid_resources", f"backend must be one of {', '.join(BACKENDS)}",
+                                 field="backend")
+        out["backend"] = value["backend"]
+    if "cpus" in value:
+        cpus = value["cpus"]
+        if not isinstance(cpus, int) or isinstance(cpus, bool) or not 1 <= cpus <= 4096:
+            raise InvalidJobSpec("invalid_resources", "cpus must be an integer from 1 to 4096",
+                                 field="cpus")
+        out["cpus"] = cpus
+    if "memory" in value:
+        out["memory"] = parse_size(value["memory"], "memory")
+    if "walltime" in value:
+        out["walltime"] = parse_duration(value["walltime"], "walltime")
+    if "input_timeout" in value:
+        out["input_timeout"] = parse_duration(value["input_timeout"], "input_timeout")
+    if "priority" in value:
+        priority = value["priority"]
+        if not isinstance(priority, int) or isinstance(priority, bool) or not -1000 <= priority <= 1000:
+            raise InvalidJobSpec("invalid_resources", "priority must be an integer from -1000 to 1000",
+                                 field="priority")
+        out["priority"] = priority
+    if "partition" in value:
+        partition = value["partition"]
+        if not isinstance(partition, str) or not re.match(r"^[A-Za-z0-9_.-]{1,64}$", partition):
+            raise InvalidJobSpec("invalid_resources", "partition must be a Slurm partition name",
+                                 field="partition")
+        out["partition"] = partition
+    return out
