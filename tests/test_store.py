@@ -349,3 +349,38 @@ def test_sqlite_pragmas(sqlite_url):
 def test_naive_datetimes_are_refused(store, frontend):
     with pytest.raises(sa.exc.StatementError, match="naive datetime"):
         make_job(store, frontend, now=datetime.datetime(2026, 1, 1))
+
+
+def test_job_lists_are_served_by_an_index(store, frontend):
+    """Cursor pages stay cheap as the table grows: no full scan, no sort."""
+    from kree.store import model
+
+    for _ in range(3):
+        make_job(store, frontend)
+    jobs = model.jobs
+    queries = {
+        "ix_jobs_frontend_id": sa.select(jobs).where(jobs.c.frontend_id == frontend.id,
+                                                     jobs.c.id < "zzz")
+        .order_by(jobs.c.id.desc()).limit(50),
+        "ix_jobs_frontend_state": sa.select(jobs).where(jobs.c.frontend_id == frontend.id,
+                                                        jobs.c.state == "QUEUED")
+        .order_by(jobs.c.id.desc()).limit(50),
+    }
+
+    def plans(conn):
+        dialect = conn.dialect.name
+        out = {}
+        for index, query in queries.items():
+            sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
+            if dialect == "sqlite":
+                rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}").all()
+                out[index] = " ".join(str(r[-1]) for r in rows)
+            else:
+                conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+                rows = conn.exec_driver_sql(f"EXPLAIN {sql}").all()
+                out[index] = " ".join(r[0] for r in rows)
+        return out
+
+    for index, plan in store.pool.run_in_thread(plans).items():
+        assert index in plan, plan
+        assert "TEMP B-TREE" not in plan and "Sort " not in plan, plan

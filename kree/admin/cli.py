@@ -5,6 +5,10 @@ C{kree-admin}: the administrators' console.
 
 Commands that only read or change the database work whether or not kreed
 runs.  Exit codes: 0 ok, 1 failed, 2 usage.
+
+A command handler returns a dict: its data (printed as JSON with --json) and
+a "message" (printed for people), or a "text" rendering such as a table that
+is printed for people only.
 """
 
 from __future__ import annotations
@@ -275,7 +279,7 @@ def frontend_list(config: Config, args) -> dict[str, Any]:
         ["NAME", "FINGERPRINT", "CREATED", "REVOKED"],
         [[r["name"], r["fingerprint"], r["created"], r["revoked"] or "-"] for r in rows],
     )
-    return {"frontends": rows, "message": table if rows else "no frontends registered"}
+    return {"frontends": rows, "text": table if rows else "no frontends registered"}
 
 
 def frontend_revoke(config: Config, args) -> dict[str, Any]:
@@ -310,10 +314,12 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:
         # Database errors and the like: say what happened, not a traceback.
         _fail(args, f"{type(e).__name__}: {e}")
+    # "text" is a rendering for people (a table); JSON carries the data itself.
+    text = result.pop("text", None)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
-        print(result["message"])
+        print(text if text is not None else result["message"])
     sys.exit(EXIT_OK)
 
 

@@ -115,9 +115,6 @@ class Call:
         self.request.content.seek(0)
         return self.request.content.read()
 
-    def has_body(self) -> bool:
-        return bool(self.body_bytes())
-
     def json_body(self, *, required: bool = True) -> Any:
         """The request's JSON body (415 for another media type, 400 if malformed)."""
         raw = self.body_bytes()
