@@ -47,6 +47,7 @@ setup(
             "kreed = kree.daemon:main",
             "kree-admin = kree.admin.cli:main",
             "kree = kree.cli:main",
+            "kree-engine = kree.engine.cli:main",
         ],
     },
 )

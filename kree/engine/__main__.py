@@ -1,0 +1,3 @@
+from kree.engine.cli import main
+
+main()

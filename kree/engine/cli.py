@@ -1,0 +1,192 @@
+"""
+The engine's commands.
+
+    python -m kree.engine run JOBDIR
+    python -m kree.engine validate FILE [--param NAME=VALUE ...] [--policy FILE]
+    python -m kree.engine params FILE
+    python -m kree.engine actors | software
+
+C{kree-engine} takes the same commands and also Kepler's command line:
+
+    kree-engine -runwf -nogui [-redirectgui DIR] [-NAME VALUE ...] workflow.xml
+
+where NAME is relative to the top level as in Kepler (C{-iterations 10}
+reaches the director) or a full name starting with '.'.  Unlike Kepler, a
+failed workflow exits non-zero.  Exit codes: 0 finished (or valid), 1 failed
+(or invalid), 2 usage, 3 stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kree.engine import software
+from kree.engine.protocol import EXIT_FAILED, EXIT_USAGE, stdin_fd
+from kree.engine.registry import Registry
+from kree.engine.runner import check, run_job
+
+COMMANDS = ("run", "validate", "params", "actors", "software")
+
+
+def parse_value(text: str) -> Any:
+    """--param VALUE: JSON if it parses (numbers, true, arrays), else a Ptolemy expression."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _params(pairs: list[str]) -> dict[str, Any]:
+    overrides = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"kree-engine: --param wants NAME=VALUE, not {pair!r}")
+        overrides[name] = parse_value(value)
+    return overrides
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        print(f"kree-engine: cannot read {path}: {e.strerror}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def _print(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def command_validate(args) -> int:
+    policy = json.loads(_read(args.policy)) if args.policy else None
+    checked = check(_read(args.file), overrides=_params(args.param), policy=policy)
+    result = {
+        "valid": not checked.problems,
+        "problems": checked.problems,
+        "messages": [{"actor": a, "text": t} for a, t in checked.messages],
+    }
+    if checked.model is not None:
+        result["director"] = checked.model.director.class_name
+        result["actors"] = [{"name": a.full_name, "class": a.class_name}
+                            for a in checked.model.actors]
+    _print(result)
+    return 0 if result["valid"] else EXIT_FAILED
+
+
+def command_params(args) -> int:
+    checked = check(_read(args.file))
+    if checked.model is None:
+        _print({"valid": False, "problems": checked.problems})
+        return EXIT_FAILED
+    _print({"valid": True, "parameters": checked.model.parameter_table()})
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kree-engine", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="run the job in JOBDIR (DESIGN.md section 5)")
+    run.add_argument("job_dir", metavar="JOBDIR")
+    validate = commands.add_parser("validate", help="check a workflow without running it")
+    validate.add_argument("file", metavar="FILE")
+    validate.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    validate.add_argument("--policy", metavar="FILE", help="actor policy (JSON)")
+    params = commands.add_parser("params", help="list a workflow's parameters and defaults")
+    params.add_argument("file", metavar="FILE")
+    commands.add_parser("actors", help="list the actor classes (JSON)")
+    commands.add_parser("software", help="detect third-party software (JSON)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] not in COMMANDS and argv[0].startswith("-") and argv[0] not in (
+            "-h", "--help"):
+        sys.exit(kepler_main(argv))
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        sys.exit(run_job(Path(args.job_dir), stdin_fd=stdin_fd()))
+    if args.command == "validate":
+        sys.exit(command_validate(args))
+    if args.command == "params":
+        sys.exit(command_params(args))
+    if args.command == "actors":
+        registry = Registry.default()
+        _print({"actors": registry.describe(), "problems": registry.load_problems})
+        sys.exit(0)
+    _print(software.detect())
+    sys.exit(0)
+
+
+KEPLER_FLAGS = {"-runwf", "-nogui", "-noexit", "-nocache", "-nosplash"}
+
+
+def kepler_main(argv: list[str]) -> int:
+    """Kepler's command line: -runwf -nogui [-redirectgui DIR] -NAME VALUE ... FILE."""
+    job_dir = None
+    names: dict[str, Any] = {}
+    rest = list(argv)
+    workflow = None
+    while rest:
+        token = rest.pop(0)
+        if token in KEPLER_FLAGS:
+            continue
+        if token == "-redirectgui":
+            if not rest:
+                print("kree-engine: -redirectgui needs a directory", file=sys.stderr)
+                return EXIT_USAGE
+            job_dir = Path(rest.pop(0))
+        elif token.startswith("-") and len(token) > 1:
+            if not rest:
+                print(f"kree-engine: {token} needs a value", file=sys.stderr)
+                return EXIT_USAGE
+            names[token[1:]] = parse_value(rest.pop(0))
+        elif workflow is None:
+            workflow = token
+        else:
+            print(f"kree-engine: more than one workflow given ({workflow}, {token})",
+                  file=sys.stderr)
+            return EXIT_USAGE
+    if workflow is None:
+        print("kree-engine: no workflow file given", file=sys.stderr)
+        return EXIT_USAGE
+    data = _read(workflow)
+    checked = check(data)
+    if checked.model is None:
+        for problem in checked.problems:
+            print(f"kree-engine: {problem}", file=sys.stderr)
+        return EXIT_FAILED
+    overrides = {}
+    for name, value in names.items():
+        full = resolve_kepler_name(checked.model, name)
+        if full is None:
+            print(f"kree-engine: unknown parameter -{name}", file=sys.stderr)
+            return EXIT_FAILED
+        overrides[full] = value
+    job_dir = job_dir or Path(tempfile.mkdtemp(prefix="kree-engine-"))
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / "workflow.xml").write_bytes(data)
+    (job_dir / "parameters.json").write_text(json.dumps(overrides))
+    code = run_job(job_dir, stdin_fd=stdin_fd(), use_fd3=False, echo=sys.stdout)
+    print(f"kree-engine: job directory {job_dir}", file=sys.stderr)
+    return code
+
+
+def resolve_kepler_name(model, name: str) -> str | None:
+    """Kepler's -NAME: a full name, a top-level parameter, or the director's."""
+    if name.startswith("."):
+        return name
+    top = model.top_scope
+    if name in top.parameters:
+        return f"{top.full_name}.{name}"
+    if name in model.director.scope.parameters:
+        return f"{model.director.full_name}.{name}"
+    if "." in name:
+        return f"{top.full_name}.{name}"
+    return None
