@@ -82,11 +82,32 @@ def test_openapi_document_is_served_and_valid(portal):
     validate(served)
 
 
-def test_capabilities_and_feasibility(portal, workflow):
-    assert portal.get("/v1/capabilities").json == {
-        "engines": [], "actors": [], "software": [], "backends": []}
+def test_capabilities_list_actor_classes_with_package_and_policy(portal, kree_server):
+    capabilities = portal.get("/v1/capabilities").json
+    assert capabilities["engines"] == ["kree"]
+    actors = {a["class"]: a for a in capabilities["actors"]}
+    assert actors["ptolemy.actor.lib.Ramp"]["package"] == "kree"
+    assert {p["name"] for p in actors["ptolemy.actor.lib.Ramp"]["parameters"]} >= {"init", "step"}
+    assert actors["ptolemy.actor.lib.python.PythonScript"]["policy"] == "reject"
+    assert capabilities["software"]["Python"]["path"]
+    # The admin's policy in the store overrides the engine's default.
+    import sqlalchemy as sa
+
+    from kree.store.engine import create_engine
+    engine = create_engine(kree_server.config.store_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO actor_policies VALUES "
+                             "('ptolemy.actor.lib.python.PythonScript', 'allow', '2026-01-01')"))
+    engine.dispose()
+    capabilities = portal.get("/v1/capabilities").json
+    actors = {a["class"]: a for a in capabilities["actors"]}
+    assert actors["ptolemy.actor.lib.python.PythonScript"]["policy"] == "allow"
+    assert capabilities["policy"] == {"ptolemy.actor.lib.python.PythonScript": "allow"}
+
+
+def test_feasibility(portal, workflow):
     answer = portal.post("/v1/feasibility", {"workflow": workflow}).json
-    assert answer["feasible"] is False and "no workflow engine" in answer["reasons"][0]
+    assert answer["feasible"] is False and "no execution backend" in answer["reasons"][0]
     assert portal.post("/v1/feasibility", {"workflow": "gopher://x/y"}).status == 422
     assert portal.post("/v1/feasibility", {}).status == 422
 

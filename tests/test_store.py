@@ -384,3 +384,25 @@ def test_job_lists_are_served_by_an_index(store, frontend):
     for index, plan in store.pool.run_in_thread(plans).items():
         assert index in plan, plan
         assert "TEMP B-TREE" not in plan and "Sort " not in plan, plan
+
+
+@pytest_twisted.ensureDeferred
+async def test_actor_policy_and_software_registry(store):
+    from kree.errors import InvalidRequest
+
+    assert await store.policies.all() == {}
+    await store.policies.set("org.sdm.spa.ExternalExecution", "allow")
+    await store.policies.set("ptolemy.actor.lib.gui.Display", "replace:ptolemy.actor.lib.Discard")
+    await store.policies.set("org.sdm.spa.ExternalExecution", "remove")
+    assert await store.policies.all() == {
+        "org.sdm.spa.ExternalExecution": "remove",
+        "ptolemy.actor.lib.gui.Display": "replace:ptolemy.actor.lib.Discard"}
+    for bad in ("maybe", "replace:", ""):
+        with pytest.raises(InvalidRequest):
+            await store.policies.set("x.Y", bad)
+    await store.policies.record_software({"R": {"path": "/usr/bin/Rscript", "version": "4.2.2"},
+                                          "Matlab": None})
+    assert await store.policies.software() == {
+        "Matlab": None, "R": {"path": "/usr/bin/Rscript", "version": "4.2.2"}}
+    await store.policies.record_software({"Python": {"path": "/usr/bin/python3", "version": "3"}})
+    assert list(await store.policies.software()) == ["Python"]

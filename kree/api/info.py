@@ -6,8 +6,12 @@ OpenAPI document, and the subscription endpoints until callbacks land.
 from __future__ import annotations
 
 import json
+import sys
 from importlib import resources
 from typing import Any
+
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import Logger
 
 from kree import __version__, jobspec
 from kree.api.jobs import MAX_PAGE, MAX_WAIT_SECONDS
@@ -15,9 +19,11 @@ from kree.api.resource import ApiError, Call, Router
 from kree.records import isoformat
 from kree.states import JobState
 
-NO_ENGINE = (
-    "no workflow engine is installed in this version of KREE, so no workflow can run yet"
+NO_BACKEND = (
+    "this version of KREE has no execution backend yet (the supervisor arrives with "
+    "issue 5), so no job can run"
 )
+ENGINE = "kree"
 
 
 def openapi_document() -> dict[str, Any]:
@@ -25,10 +31,15 @@ def openapi_document() -> dict[str, Any]:
 
 
 class InfoApi:
-    def __init__(self, config, jobs) -> None:
+    log = Logger()
+
+    def __init__(self, config, jobs, store, reactor) -> None:
         self._config = config
         self._jobs = jobs
+        self._store = store
+        self._reactor = reactor
         self._openapi = openapi_document()
+        self._engine_info: dict[str, Any] | None = None
 
     def register(self, router: Router) -> None:
         router.add("GET", "/v1/service-info", self.service_info)
@@ -49,7 +60,7 @@ class InfoApi:
             "frontend": call.frontend.name,
             "time": isoformat(self._jobs.now()),
             "states": [s.value for s in JobState],
-            "engines": [],
+            "engines": [ENGINE],
             "backends": [],
             "limits": {
                 "max_body_bytes": self._config.server.max_body_bytes,
@@ -58,8 +69,36 @@ class InfoApi:
             },
         }
 
+    async def _engine(self, command: str) -> Any:
+        """Ask the engine program (it loads actor packages; the daemon does not)."""
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, ["-m", "kree.engine", command], reactor=self._reactor)
+        if code != 0:
+            self.log.error("kree.engine {command} failed ({code}): {err}", command=command,
+                           code=code, err=err.decode(errors="replace"))
+            raise ApiError(503, "engine_unavailable", f"the workflow engine failed ({code})")
+        return json.loads(out)
+
     async def capabilities(self, call: Call) -> dict[str, Any]:
-        return {"engines": [], "actors": [], "software": [], "backends": []}
+        if self._engine_info is None:
+            actors = await self._engine("actors")
+            software = await self._store.policies.software()
+            if not software:
+                software = await self._engine("software")
+                await self._store.policies.record_software(software)
+            self._engine_info = {"actors": actors["actors"], "software": software}
+        policy = await self._store.policies.all()
+        actors = [
+            {**actor, "policy": policy.get(actor["class"], actor["policy"])}
+            for actor in self._engine_info["actors"]
+        ]
+        return {
+            "engines": [ENGINE],
+            "actors": actors,
+            "policy": policy,
+            "software": self._engine_info["software"],
+            "backends": [],
+        }
 
     async def feasibility(self, call: Call) -> dict[str, Any]:
         body = call.json_object()
@@ -71,7 +110,7 @@ class InfoApi:
             "feasible": False,
             "start": None,
             "estimated_staging_seconds": None,
-            "reasons": [NO_ENGINE],
+            "reasons": [NO_BACKEND],
         }
 
     async def openapi(self, call: Call) -> dict[str, Any]:

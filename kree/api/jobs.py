@@ -22,7 +22,7 @@ from kree import jobspec
 from kree.api.resource import ALREADY_WRITTEN, ApiError, Call, Response, Router
 from kree.errors import InvalidRequest, JobNotFound
 from kree.ids import looks_like_job_id
-from kree.records import Event, Job, JobDetail, Message, isoformat
+from kree.records import Job, JobDetail, Message, isoformat
 from kree.states import Action, JobState
 
 DEFAULT_PAGE = 50

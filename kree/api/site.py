@@ -25,7 +25,7 @@ def build_site(config, store, jobs, reactor) -> ApiSite:
     router = Router()
     JobsApi(store, jobs, waiters, reactor, threadpool, config.server.max_body_bytes).register(router)
     WorkflowsApi(store, config.cache_dir, reactor, threadpool).register(router)
-    InfoApi(config, jobs).register(router)
+    InfoApi(config, jobs, store, reactor).register(router)
     return ApiSite(ApiResource(router, store), config.server.max_body_bytes, reactor)
 
 

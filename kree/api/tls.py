@@ -38,8 +38,9 @@ def server_options(config: Config) -> CertificateOptions:
     """
     problems: list[str] = []
     ca_data = _read(config.tls_path("ca"), "ca", problems)
-    cert_data = _read(config.tls_path("cert"), "cert", problems)
-    key_data = _read(config.tls_path("key"), "key", problems)
+    # Read here only to report every missing file at once; pki.load parses them.
+    _read(config.tls_path("cert"), "cert", problems)
+    _read(config.tls_path("key"), "key", problems)
     crl_path = config.tls_path("crl")
     crl_data = _read(crl_path, "crl", problems) if crl_path else None
     if problems:

@@ -19,6 +19,7 @@ from kree.store.engine import create_engine
 from kree.store.events import EventsStore
 from kree.store.frontends import FrontendsStore
 from kree.store.jobs import JobsStore
+from kree.store.policies import PoliciesStore
 from kree.store.pool import DBPool
 from kree.store.subscriptions import SubscriptionsStore
 
@@ -33,6 +34,7 @@ class Store:
         self.subscriptions = SubscriptionsStore(self.pool)
         self.cache = CacheStore(self.pool)
         self.audit = AuditStore(self.pool)
+        self.policies = PoliciesStore(self.pool)
 
     @classmethod
     def from_url(cls, url: str, reactor, *, sqlite_synchronous="full", pool_size=4) -> Store:
