@@ -37,6 +37,9 @@ setup(
             "pytest-twisted>=1.14",
             "pytest-timeout>=2.2",
             "psycopg[binary]>=3.1",
+            # The actor-package test installs tests/actor_package without build
+            # isolation; setuptools builds wheels by itself from 70.1 on.
+            "setuptools>=70.1",
             # Responses are checked against the OpenAPI document.
             "jsonschema>=4.18",
             "openapi-spec-validator>=0.7",
