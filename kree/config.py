@@ -69,7 +69,11 @@ class FetchConfig:
 class SupervisorConfig:
     # 0 = the number of cores.
     max_running: int = 0
+    # Engines one frontend may run at once; 0 = no limit of its own.
+    max_running_per_frontend: int = 0
     stop_grace_seconds: float = 10.0
+    # How often CPU, memory and the walltime/memory limits are checked.
+    monitor_interval_seconds: float = 2.0
     default_backend: str = "local"
 
 
@@ -88,6 +92,8 @@ _SECTIONS = {
     "supervisor": SupervisorConfig,
     "log": LogConfig,
 }
+
+_POSITIVE = {("supervisor", "monitor_interval_seconds"), ("server", "max_body_bytes")}
 
 _CHOICES = {
     ("store", "sqlite_synchronous"): ("normal", "full"),
@@ -262,6 +268,9 @@ def _section(name: str, cls: type, values: dict, problems: list[str]):
             continue
         if field.type in (int, float) and value < 0:
             problems.append(f"{name}.{key}: must not be negative")
+            continue
+        if (name, key) in _POSITIVE and value <= 0:
+            problems.append(f"{name}.{key}: must be greater than 0")
             continue
         accepted[key] = value
     return cls(**accepted)

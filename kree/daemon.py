@@ -2,11 +2,13 @@
 C{kreed}: the KREE daemon's entry point.
 
     kreed [--config FILE] [--state-dir DIR] [--listen HOST:PORT] [--dev]
+          [--stop-jobs-on-exit]
 
 Without a configuration file it runs on embedded defaults: state directory
 C{./kree-state} (or C{$KREE_STATE_DIR}), SQLite inside it, 127.0.0.1:8443.
-It runs in the foreground; SIGTERM or SIGINT stop it cleanly.  Under systemd
-use C{etc/kreed.service}.
+It runs in the foreground; SIGTERM or SIGINT stop it cleanly, leaving running
+engines to finish on their own (they are re-adopted at the next start) unless
+--stop-jobs-on-exit is given.  Under systemd use C{etc/kreed.service}.
 
 Exit codes: 0 clean stop, 1 failure (another kreed runs here, the database
 cannot be opened, ...), 2 bad configuration, 3 database behind its
@@ -58,6 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="development mode: on first start create a CA, a server certificate for "
         "localhost and a frontend 'dev' with its certificate under <state-dir>/certs/, "
         "and print a working curl command",
+    )
+    parser.add_argument(
+        "--stop-jobs-on-exit",
+        action="store_true",
+        help="on SIGTERM/SIGINT, stop running jobs (ABORTED) instead of leaving their "
+        "engines running for the next start to re-adopt",
     )
     parser.add_argument("--version", action="version", version=f"kreed {__version__}")
     return parser.parse_args(argv)
@@ -118,11 +126,11 @@ def dev_curl_command(config: Config, url: str) -> str:
     )
 
 
-def run(config: Config, reactor, *, dev: bool = False) -> int:
+def run(config: Config, reactor, *, dev: bool = False, stop_jobs_on_exit: bool = False) -> int:
     """Run the daemon until it is told to stop; the exit code."""
     from kree.service import KreeDaemon
 
-    daemon = KreeDaemon(config, reactor, dev=dev)
+    daemon = KreeDaemon(config, reactor, dev=dev, stop_jobs_on_exit=stop_jobs_on_exit)
     outcome = {"code": EXIT_OK}
 
     def fail(code: int, message: str) -> None:
@@ -188,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     from twisted.internet import reactor
 
     try:
-        code = run(config, reactor, dev=args.dev)
+        code = run(config, reactor, dev=args.dev, stop_jobs_on_exit=args.stop_jobs_on_exit)
     finally:
         release_pid_file(config.pid_file)
         logfile.close()

@@ -17,9 +17,11 @@ from typing import Any, Callable
 
 from twisted.logger import Logger
 
+from kree.errors import InvalidTransition
 from kree.ids import new_job_id
 from kree.records import Event, Job, Message
 from kree.states import Action
+from kree.store.events import append_thd
 
 EventObserver = Callable[[Event], None]
 
@@ -134,6 +136,83 @@ class JobService:
         )
         self._notify(event)
         return message
+
+    async def apply_engine_events(self, job_id: str, lines: list[dict[str, Any]],
+                                  consumed: int) -> Job:
+        """
+        Apply what the engine reported (lines of its events.jsonl, see
+        DESIGN.md section 5) in one transaction, together with the count of
+        lines consumed, so that after a restart no line is applied twice or
+        skipped.  An engine event that the job's state no longer allows (an
+        engine finishing a job that was already stopped) is recorded as
+        consumed and otherwise ignored.
+        """
+        events, job = await self._store.pool.run(
+            self._engine_events_thd, job_id, lines, consumed, self.now())
+        for event in events:
+            if event.type == "job.state":
+                self.log.info("job {job_id} {old} -> {new} ({reason})", job_id=job_id,
+                              old=event.data["from"], new=event.data["to"],
+                              reason=event.data.get("reason"))
+            self._notify(event)
+        return job
+
+    def _engine_events_thd(self, conn, job_id, lines, consumed, now):
+        jobs = self._store.jobs
+        out: list[Event] = []
+
+        def transition(action, reason, updates=None) -> None:
+            try:
+                out.append(jobs.transition_thd(conn, job_id, action, reason=reason,
+                                               updates=updates, now=now)[1])
+            except InvalidTransition:
+                # The job ended already (stopped, killed, over a limit): its
+                # reason stands; only the engine's exit code is added.
+                if updates and "exit_code" in updates:
+                    jobs.update_runtime_thd(conn, job_id, exit_code=updates["exit_code"])
+
+        for line in lines:
+            kind = line.get("type")
+            if kind == "message":
+                level = line.get("level") if line.get("level") in ("info", "warning",
+                                                                    "error") else "info"
+                out.append(jobs.add_message_thd(
+                    conn, job_id, str(line.get("text", "")), level=level,
+                    source=str(line.get("actor") or "engine"), now=now)[1])
+            elif kind == "progress":
+                try:
+                    fraction = min(1.0, max(0.0, float(line.get("fraction"))))
+                except (TypeError, ValueError):
+                    continue
+                jobs.update_runtime_thd(conn, job_id, progress=fraction)
+                out.append(append_thd(conn, job_id, "job.progress", {"fraction": fraction}, now))
+            elif kind == "waiting":
+                transition(Action.ASK_INPUT, "waiting for input")
+                out.append(append_thd(conn, job_id, "job.waiting", {
+                    "n": line.get("n"), "actor": line.get("actor"),
+                    "prompt": line.get("prompt")}, now))
+            elif kind == "product":
+                out.append(append_thd(conn, job_id, "job.product", {
+                    key: line.get(key) for key in ("name", "size", "media_type", "actor")}, now))
+            elif kind == "error":
+                jobs.update_runtime_thd(conn, job_id, error=str(line.get("message"))[:10_000])
+            elif kind == "end":
+                code = line.get("exit_code")
+                code = code if isinstance(code, int) and not isinstance(code, bool) else None
+                if code == 0:
+                    transition(Action.FINISH, "finished", {"exit_code": 0, "progress": 1.0})
+                else:
+                    reason = str(line.get("error") or f"engine exited with code {code}")[:10_000]
+                    transition(Action.FAIL, reason, {"exit_code": code, "error": reason})
+        jobs.update_runtime_thd(conn, job_id, events_consumed=consumed)
+        return out, jobs.get_thd(conn, job_id)
+
+    async def quarantine(self, job_id: str, reason: str) -> None:
+        """Fail a job whose record cannot be understood (never crash on it)."""
+        event = await self._store.pool.run(self._store.jobs.quarantine_thd, job_id, reason,
+                                           self.now())
+        self.log.error("job {job_id} quarantined: {reason}", job_id=job_id, reason=reason)
+        self._notify(event)
 
     async def delete(self, job_id: str, *, frontend_id: int | None = None) -> Job:
         """

@@ -19,6 +19,7 @@ from kree.api.site import ApiService
 from kree.config import Config
 from kree.jobs import JobService
 from kree.store import Store
+from kree.supervisor import Supervisor
 
 
 class AsyncMultiService(MultiService):
@@ -118,7 +119,8 @@ class DevCredentialsService(Service):
 class KreeDaemon(AsyncMultiService):
     log = Logger()
 
-    def __init__(self, config: Config, reactor, *, dev: bool = False) -> None:
+    def __init__(self, config: Config, reactor, *, dev: bool = False,
+                 stop_jobs_on_exit: bool = False) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
@@ -133,7 +135,10 @@ class KreeDaemon(AsyncMultiService):
         if dev:
             DevCredentialsService(config, self.store, reactor).setServiceParent(self)
         self.jobs = JobService(self.store, reactor, config.jobs_dir)
-        self.api = ApiService(config, self.store, self.jobs, reactor)
+        self.supervisor = Supervisor(config, self.store, self.jobs, reactor,
+                                     stop_jobs_on_exit=stop_jobs_on_exit)
+        self.supervisor.setServiceParent(self)
+        self.api = ApiService(config, self.store, self.jobs, self.supervisor, reactor)
         self.api.setServiceParent(self)
 
     def startService(self) -> Deferred:

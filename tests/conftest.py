@@ -91,9 +91,26 @@ def other_frontend(store):
 
 @pytest.fixture(scope="module")
 def kree_server(tmp_path_factory):
-    """One live kreed per test module, with frontends "portal" and "gateway"."""
-    from live import LiveKree
+    """
+    One live kreed per test module, with frontends "portal" and "gateway".
 
-    server = LiveKree(tmp_path_factory.mktemp("kree")).start()
+    It runs one engine at a time, and a long job of the "holder" frontend
+    occupies that slot for the whole module, so the jobs the tests queue stay
+    QUEUED (the supervisor would otherwise run them at once).
+    """
+    from live import LiveKree, hold_the_queue
+
+    server = LiveKree(tmp_path_factory.mktemp("kree"), frontends=("portal", "gateway", "holder"),
+                      config_text=SUPERVISOR_ONE_SLOT).start()
+    holder = hold_the_queue(server)
     yield server
+    holder.post(f"/v1/jobs/{holder.job_id}/kill")
     assert server.stop() == 0, server.log
+
+
+SUPERVISOR_ONE_SLOT = """
+[supervisor]
+max_running = 1
+stop_grace_seconds = 2
+monitor_interval_seconds = 0.2
+"""

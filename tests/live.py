@@ -183,13 +183,14 @@ class LiveKree:
         self.ca_path = self.config.tls_path("ca")
         self.process: subprocess.Popen | None = None
         self.port: int | None = None
+        self.extra_args: list[str] = []
 
     def start(self, timeout: float = 30) -> "LiveKree":
         self.stderr_path = self.base / f"kreed-{time.monotonic_ns()}.err"
         self._stderr = open(self.stderr_path, "w")
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from kree.daemon import main; main()",
-             "--config", str(self.config_path), "--listen", "127.0.0.1:0"],
+             "--config", str(self.config_path), "--listen", "127.0.0.1:0", *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=self._stderr, cwd=self.base,
         )
         deadline = time.monotonic() + timeout
@@ -263,3 +264,43 @@ def make_crl(ca: pki.Issued, revoked: list[x509.Certificate]) -> bytes:
             .build()
         )
     return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+REPO_WORKFLOWS = REPO / "workflows"
+
+
+def wait_for_state(client: Client, job_id: str, states, timeout: float = 60) -> dict:
+    """Poll the job until its state is one of C{states}; its state document."""
+    states = {states} if isinstance(states, str) else set(states)
+    deadline = time.monotonic() + timeout
+    while True:
+        state = client.get(f"/v1/jobs/{job_id}/state").json
+        if state["state"] in states:
+            return state
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} stayed {state['state']}, wanted {states}")
+        time.sleep(0.05)
+
+
+def submit(client: Client, workflow: str, parameters=None, resources=None, queue=True) -> dict:
+    """Upload a bundled workflow and create (and queue) a job for it."""
+    data = (REPO_WORKFLOWS / workflow).read_bytes()
+    uri = client.post("/v1/workflows", body=data, headers={"Content-Type": "application/xml"}).json["uri"]
+    body = {"workflow": uri, "queue": queue}
+    if parameters:
+        body["parameters"] = parameters
+    if resources:
+        body["resources"] = resources
+    reply = client.post("/v1/jobs", body)
+    assert reply.status == 201, reply.body
+    return reply.json
+
+
+def hold_the_queue(server: LiveKree) -> Client:
+    """Occupy the single engine slot with a long job of the "holder" frontend."""
+    client = server.client("holder")
+    job = submit(client, "sleep-loop.xml",
+                 parameters={".sleeper.SDF Director.iterations": 1_000_000})
+    wait_for_state(client, job["id"], "RUNNING")
+    client.job_id = job["id"]
+    return client

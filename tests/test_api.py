@@ -84,7 +84,7 @@ def test_openapi_document_is_served_and_valid(portal):
 
 def test_capabilities_list_actor_classes_with_package_and_policy(portal, kree_server):
     capabilities = portal.get("/v1/capabilities").json
-    assert capabilities["engines"] == ["kree"]
+    assert capabilities["engines"] == ["kree"] and capabilities["backends"] == ["local"]
     actors = {a["class"]: a for a in capabilities["actors"]}
     assert actors["ptolemy.actor.lib.Ramp"]["package"] == "kree"
     assert {p["name"] for p in actors["ptolemy.actor.lib.Ramp"]["parameters"]} >= {"init", "step"}
@@ -105,9 +105,9 @@ def test_capabilities_list_actor_classes_with_package_and_policy(portal, kree_se
     assert capabilities["policy"] == {"ptolemy.actor.lib.python.PythonScript": "allow"}
 
 
-def test_feasibility(portal, workflow):
-    answer = portal.post("/v1/feasibility", {"workflow": workflow}).json
-    assert answer["feasible"] is False and "no execution backend" in answer["reasons"][0]
+def test_feasibility_is_not_available_yet(portal, workflow):
+    reply = portal.post("/v1/feasibility", {"workflow": workflow})
+    assert reply.status == 501 and reply.error == "not_implemented"
     assert portal.post("/v1/feasibility", {"workflow": "gopher://x/y"}).status == 422
     assert portal.post("/v1/feasibility", {}).status == 422
 

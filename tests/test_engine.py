@@ -345,3 +345,10 @@ def test_schedule_is_computed_from_rates():
     with pytest.raises(ValidationError):
         build(top, Registry.default(), overrides={".hello.Nope.x": 1},
               context=EngineContext(Path.cwd(), None))
+
+
+def test_a_model_without_actors_finishes_at_once(tmp_path):
+    started = time.monotonic()
+    code, events = run(tmp_path, moml("", iterations=0))
+    assert code == 0 and events[-1]["state"] == "finished"
+    assert time.monotonic() - started < 5

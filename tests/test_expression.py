@@ -475,7 +475,9 @@ def timed(function, *args):
         with pytest.raises(ExpressionError) as raised:
             function(*args)
     finally:
-        assert time.perf_counter() - start < 1.0
+        # A bound, not a benchmark: an unguarded blow-up takes minutes or
+        # never ends; 10 s leaves room for a loaded CI machine.
+        assert time.perf_counter() - start < 10.0
     return str(raised.value)
 
 
@@ -540,11 +542,9 @@ def test_resource_limits():
     assert "string longer" in timed(evaluate_text, 's.split(",")', {"s": "a" * (MAX_LENGTH + 1)}.__getitem__)
 
 
-def test_large_but_allowed_results_are_quick():
-    start = time.perf_counter()
+def test_large_but_allowed_results_are_computed():
     assert len(evaluate_text("repeat(1000000, 0)")) == 1_000_000
     assert evaluate_text("2^9999").bit_length() == 10000
-    assert time.perf_counter() - start < 1.0
 
 
 def test_constants_are_read_only():

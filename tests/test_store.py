@@ -77,7 +77,8 @@ async def test_transition_writes_state_times_and_event(store, frontend):
     job, event = await store.jobs.transition(job.id, Action.QUEUE, reason="by frontend", now=at(1))
     assert job.state is JobState.QUEUED and job.queued_at == at(1)
     assert event.type == "job.state"
-    assert event.data == {"from": "NEW", "to": "QUEUED", "reason": "by frontend"}
+    assert event.data == {"from": "NEW", "to": "QUEUED", "action": "queue",
+                          "reason": "by frontend"}
     job, _ = await store.jobs.transition(job.id, Action.DISPATCH, now=at(2))
     assert job.started_at == at(2) and job.running_since == at(2)
     job, event = await store.jobs.transition(job.id, Action.PAUSE, now=at(12))

@@ -19,10 +19,6 @@ from kree.api.resource import ApiError, Call, Router
 from kree.records import isoformat
 from kree.states import JobState
 
-NO_BACKEND = (
-    "this version of KREE has no execution backend yet (the supervisor arrives with "
-    "issue 5), so no job can run"
-)
 ENGINE = "kree"
 
 
@@ -61,7 +57,7 @@ class InfoApi:
             "time": isoformat(self._jobs.now()),
             "states": [s.value for s in JobState],
             "engines": [ENGINE],
-            "backends": [],
+            "backends": ["local"],
             "limits": {
                 "max_body_bytes": self._config.server.max_body_bytes,
                 "max_page": MAX_PAGE,
@@ -97,7 +93,7 @@ class InfoApi:
             "actors": actors,
             "policy": policy,
             "software": self._engine_info["software"],
-            "backends": [],
+            "backends": ["local"],
         }
 
     async def feasibility(self, call: Call) -> dict[str, Any]:
@@ -106,12 +102,9 @@ class InfoApi:
         jobspec.check_parameters(body.get("parameters"))
         jobspec.check_inputs(body.get("inputs"))
         jobspec.check_resources(body.get("resources"))
-        return {
-            "feasible": False,
-            "start": None,
-            "estimated_staging_seconds": None,
-            "reasons": [NO_BACKEND],
-        }
+        raise ApiError(501, "not_implemented",
+                       "the feasibility check (workflow validity, actor policy, software, "
+                       "resources, cached inputs) is not available in this version")
 
     async def openapi(self, call: Call) -> dict[str, Any]:
         return self._openapi

@@ -18,7 +18,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.web import static
 from twisted.web.server import NOT_DONE_YET
 
-from kree import jobspec
+from kree import jobspec, prompts
 from kree.api.resource import ALREADY_WRITTEN, ApiError, Call, Response, Router
 from kree.errors import InvalidRequest, JobNotFound
 from kree.ids import looks_like_job_id
@@ -117,13 +117,13 @@ def _list_products(products_dir: Path) -> list[dict[str, Any]]:
 
 
 class JobsApi:
-    def __init__(self, store, jobs, waiters, reactor, threadpool, max_body_bytes: int) -> None:
+    def __init__(self, store, jobs, supervisor, waiters, reactor, threadpool) -> None:
         self._store = store
         self._jobs = jobs
+        self._supervisor = supervisor
         self._waiters = waiters
         self._reactor = reactor
         self._threadpool = threadpool
-        self._max_body_bytes = max_body_bytes
 
     def _in_thread(self, fn, *args):
         """File-system work (job directories) off the reactor thread."""
@@ -235,6 +235,9 @@ class JobsApi:
     async def delete(self, call: Call) -> Response:
         job = await self._job(call)
         await self._jobs.delete(job.id, frontend_id=call.frontend.id)
+        # A stopped engine may still be finishing its firing: it must be gone
+        # before its directory is.
+        await self._supervisor.release(job.id)
         await self._in_thread(shutil.rmtree, job.job_dir, True)
         return Response(204, None, job_id=job.id)
 
@@ -306,11 +309,11 @@ class JobsApi:
 
     async def answer_input(self, call: Call) -> dict[str, Any]:
         job = await self._job(call)
-        await self._prompt(job)
-        # Reaching WAITING needs a running engine; answering it is the
-        # supervisor's (issue 5), which this version does not have yet.
-        raise ApiError(409, "not_waiting", "no engine is waiting for this answer",
-                       state=job.state.value)
+        waiting = await self._prompt(job)
+        answers = prompts.check_answer(waiting.get("prompt"), call.json_body())
+        job = await self._supervisor.answer(job, waiting.get("n"), answers,
+                                            frontend_id=call.frontend.id)
+        return job_state(job, self._jobs.now())
 
     async def messages(self, call: Call) -> dict[str, Any]:
         job = await self._job(call)

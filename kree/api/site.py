@@ -18,12 +18,12 @@ from kree.api.workflows import WorkflowsApi
 from kree.events import EventWaiters
 
 
-def build_site(config, store, jobs, reactor) -> ApiSite:
+def build_site(config, store, jobs, supervisor, reactor) -> ApiSite:
     threadpool = reactor.getThreadPool()
     waiters = EventWaiters(reactor)
     jobs.add_observer(waiters.observe)
     router = Router()
-    JobsApi(store, jobs, waiters, reactor, threadpool, config.server.max_body_bytes).register(router)
+    JobsApi(store, jobs, supervisor, waiters, reactor, threadpool).register(router)
     WorkflowsApi(store, config.cache_dir, reactor, threadpool).register(router)
     InfoApi(config, jobs, store, reactor).register(router)
     return ApiSite(ApiResource(router, store), config.server.max_body_bytes, reactor)
@@ -34,10 +34,11 @@ class ApiService(Service):
 
     log = Logger()
 
-    def __init__(self, config, store, jobs, reactor) -> None:
+    def __init__(self, config, store, jobs, supervisor, reactor) -> None:
         self._config = config
         self._store = store
         self._jobs = jobs
+        self._supervisor = supervisor
         self._reactor = reactor
         self.port = None
 
@@ -48,7 +49,7 @@ class ApiService(Service):
     async def _start(self) -> None:
         options = tls.server_options(self._config)
         host, port = self._config.listen_host_port
-        site = build_site(self._config, self._store, self._jobs, self._reactor)
+        site = build_site(self._config, self._store, self._jobs, self._supervisor, self._reactor)
         endpoint = SSL4ServerEndpoint(self._reactor, port, options, interface=host)
         self.port = await endpoint.listen(site)
         self.log.info(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -111,6 +112,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(kepler_main(argv))
     args = build_parser().parse_args(argv)
     if args.command == "run":
+        # A session and process group of our own: signals for the daemon
+        # (or its terminal) are not ours, and our tree can be signalled whole.
+        try:
+            os.setsid()
+        except OSError:
+            pass  # already a session leader
         sys.exit(run_job(Path(args.job_dir), stdin_fd=stdin_fd()))
     if args.command == "validate":
         sys.exit(command_validate(args))

@@ -88,6 +88,8 @@ class SDFDirector(Director):
             raise WorkflowError("iterations must be a non-negative integer",
                                 self.model.director.full_name)
         schedule = sdf_schedule(self.model.actors)
+        if not schedule:
+            return  # nothing to fire: done (iterations 0 would otherwise spin forever)
         planned = iterations * len(schedule) if iterations else None
         done = 0
         iteration = 0

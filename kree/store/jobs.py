@@ -24,8 +24,14 @@ from kree.store.events import append_thd, utcnow
 # Fields a transition may set besides the state and its timestamps.
 TRANSITION_FIELDS = frozenset(
     {"exit_code", "error", "backend", "backend_ref", "progress", "cpu_seconds",
-     "peak_memory_bytes", "workflow_sha256"}
+     "peak_memory_bytes", "workflow_sha256", "events_consumed"}
 )
+# Fields the supervisor may update in any state (monitoring, bookkeeping).
+RUNTIME_FIELDS = frozenset(
+    {"exit_code", "error", "progress", "cpu_seconds", "peak_memory_bytes", "backend_ref",
+     "events_consumed"}
+)
+ACTIVE_STATES = (JobState.RUNNING.value, JobState.WAITING.value, JobState.PAUSED.value)
 
 RUNNING_STATES = frozenset({JobState.RUNNING, JobState.WAITING})
 MAX_PAGE = 1000
@@ -246,11 +252,63 @@ class JobsStore:
             current = self.get_thd(conn, job_id)
             raise InvalidTransition(current.state, action, allowed=states.allowed_actions(
                 current.state, current.paused_from))
-        data = {"from": step.old.value, "to": step.new.value, "reason": reason}
+        data = {"from": step.old.value, "to": step.new.value, "action": step.action.value,
+                "reason": reason}
         if step.new is JobState.PAUSED:
             data["resumes_to"] = step.paused_from.value
         event = append_thd(conn, job_id, "job.state", data, now)
         return self.get_thd(conn, job_id), event
+
+    def update_runtime_thd(self, conn, job_id: str, **values) -> None:
+        """Monitoring and bookkeeping fields, in any state (no event)."""
+        unknown = set(values) - RUNTIME_FIELDS
+        if unknown:
+            raise ValueError(f"cannot update {sorted(unknown)} outside a transition")
+        if values:
+            conn.execute(model.jobs.update().where(model.jobs.c.id == job_id).values(**values))
+
+    async def update_runtime(self, job_id: str, **values) -> None:
+        await self._pool.run(self.update_runtime_thd, job_id, **values)
+
+    # -- the supervisor's queries --------------------------------------------
+
+    async def next_queued(self, limit: int, exclude_frontends=()) -> list[Job]:
+        return await self._pool.run(self.next_queued_thd, limit, tuple(exclude_frontends))
+
+    def next_queued_thd(self, conn, limit: int, exclude_frontends=()) -> list[Job]:
+        """QUEUED jobs in dispatch order: higher priority first, then first queued."""
+        jobs = model.jobs
+        query = (sa.select(jobs).where(jobs.c.state == JobState.QUEUED.value)
+                 .order_by(jobs.c.priority.desc(), jobs.c.queued_at, jobs.c.id).limit(limit))
+        if exclude_frontends:
+            query = query.where(jobs.c.frontend_id.not_in(exclude_frontends))
+        return [_job(row) for row in conn.execute(query)]
+
+    async def active_ids(self) -> list[tuple[str, str]]:
+        return await self._pool.run(self.active_ids_thd)
+
+    def active_ids_thd(self, conn) -> list[tuple[str, str]]:
+        """(id, raw state) of jobs that may have an engine: RUNNING, WAITING, PAUSED."""
+        jobs = model.jobs
+        rows = conn.execute(sa.select(jobs.c.id, jobs.c.state)
+                            .where(jobs.c.state.in_(ACTIVE_STATES)).order_by(jobs.c.id))
+        return [(job_id, state) for job_id, state in rows]
+
+    def quarantine_thd(self, conn, job_id: str, reason: str,
+                       now: datetime.datetime | None = None) -> Event:
+        """
+        Fail a job whose record cannot be understood, without reading it as
+        a Job (that is what failed), and say why in its event log.
+        """
+        now = now or utcnow()
+        old = conn.execute(sa.select(model.jobs.c.state)
+                           .where(model.jobs.c.id == job_id)).scalar_one()
+        conn.execute(model.jobs.update().where(model.jobs.c.id == job_id).values(
+            state=JobState.FAILED.value, paused_from=None, running_since=None, ended_at=now,
+            error=f"quarantined: {reason}"))
+        return append_thd(conn, job_id, "job.state",
+                          {"from": str(old), "to": JobState.FAILED.value, "action": "fail",
+                           "reason": f"quarantined: {reason}"}, now)
 
     # -- messages -----------------------------------------------------------
 

@@ -1,0 +1,297 @@
+"""
+The local backend: engines as processes on this machine.
+
+Each engine is `python -m kree.engine run JOBDIR`, spawned through the
+reactor with its standard output and error going to JOBDIR/engine.log, fd 3
+piped to us, and the environment variable KREE_JOB_ID marking every process
+of its tree (see kree.backends.proctree).  The engine puts itself in a
+session and process group of its own.
+
+Events are always read from JOBDIR/events.jsonl, the engine's durable
+record: data on fd 3 only wakes the reader.  So an engine we started and an
+engine re-adopted after a daemon restart (whose pipes died with the old
+daemon) are followed the same way; the reader skips the lines the store has
+already applied.  Answers go to the engine's stdin while it is our child,
+and as JOBDIR/answers/<n>.json (written atomically) once it is not.
+
+Pause, resume and kill act on the whole tree with psutil in a thread, never
+on the reactor thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import protocol
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from kree.backends import EngineObserver, proctree
+from kree.records import Job
+
+# How often an adopted engine (no pipe to wake us) is checked, in seconds.
+POLL_SECONDS = 0.25
+ENGINE_ENV_DROP = ("KREE_STATE_DIR", "KREE_URL", "KREE_CERT", "KREE_KEY", "KREE_CA")
+
+
+class EventTail:
+    """Reads the complete new lines of an events file, skipping the first N."""
+
+    def __init__(self, path: Path, skip: int) -> None:
+        self.path = path
+        self.consumed = skip
+        self._skip = skip
+        self._offset = 0
+        self._partial = b""
+        self.saw_end = False
+
+    def read(self) -> list[dict[str, Any]]:
+        """Blocking (call in a thread): the new complete lines, parsed."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read(4 * 1024 * 1024)
+        except FileNotFoundError:
+            return []
+        self._offset += len(data)
+        data = self._partial + data
+        *complete, self._partial = data.split(b"\n")
+        lines = []
+        for raw in complete:
+            if self._skip:
+                self._skip -= 1
+                continue
+            self.consumed += 1
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                line = {"type": "message", "level": "warning", "actor": "kree",
+                        "text": "the engine wrote an unreadable event line"}
+            if not isinstance(line, dict):
+                continue
+            if line.get("type") == "end":
+                self.saw_end = True
+            lines.append(line)
+        return lines
+
+
+class EngineProcess(protocol.ProcessProtocol):
+    """The pipes of an engine we started."""
+
+    def __init__(self, engine: "LocalEngine") -> None:
+        self.engine = engine
+        self.ended = Deferred()
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        self.engine.wake()
+
+    def processEnded(self, reason) -> None:
+        self.engine.exited = True
+        self.engine.wake()
+        self.ended.callback(None)
+
+    def write_stdin(self, data: bytes) -> bool:
+        try:
+            self.transport.writeToChild(0, data)
+        except (OSError, KeyError, AttributeError):
+            return False
+        return True
+
+
+class LocalEngine:
+    """One engine being followed: its events, its exit."""
+
+    log = Logger()
+
+    def __init__(self, backend: "LocalBackend", job: Job, ref: proctree.ProcessRef | None,
+                 process: EngineProcess | None) -> None:
+        self.backend = backend
+        self.job_id = job.id
+        self.job_dir = Path(job.job_dir)
+        self.ref = ref
+        self.process = process
+        self.adopted = process is None
+        self.exited = False
+        self.tail = EventTail(self.job_dir / "events.jsonl", job.events_consumed)
+        self._waiter: Deferred | None = None
+        self._woken = False
+        self._detached = False
+        self.done: Deferred | None = None
+
+    def wake(self) -> None:
+        self._woken = True
+        if self._waiter is not None and not self._waiter.called:
+            self._waiter.callback(None)
+
+    async def _nap(self, seconds: float) -> None:
+        if self._woken:
+            self._woken = False
+            return
+        self._waiter = Deferred()
+        call = self.backend.reactor.callLater(seconds, self.wake)
+        await self._waiter
+        if call.active():
+            call.cancel()
+        self._waiter = None
+        self._woken = False
+
+    async def follow(self) -> None:
+        """Apply every event line, in order, until the engine has exited."""
+        observer = self.backend.observer
+        while not self._detached:
+            lines = await self.backend.in_thread(self.tail.read)
+            if lines:
+                await observer.engine_events(self.job_id, lines, self.tail.consumed)
+                continue
+            if self.exited:
+                break
+            if self.adopted:
+                alive = await self.backend.in_thread(proctree.is_alive, self.ref)
+                if not alive:
+                    self.exited = True
+                    continue  # one last read of what it wrote before going
+                await self._nap(POLL_SECONDS)
+            else:
+                await self._nap(5.0)
+        if not self._detached:
+            await observer.engine_exited(self.job_id, ended=self.tail.saw_end,
+                                         adopted=self.adopted)
+
+    def detach(self) -> None:
+        self._detached = True
+        self.wake()
+
+
+class LocalBackend:
+    name = "local"
+    log = Logger()
+
+    def __init__(self, reactor, observer: EngineObserver, *, python: str = sys.executable) -> None:
+        self.reactor = reactor
+        self.observer = observer
+        self.python = python
+        self._threadpool = reactor.getThreadPool()
+        self.engines: dict[str, LocalEngine] = {}
+
+    def in_thread(self, fn, *args, **kwargs):
+        return deferToThreadPool(self.reactor, self._threadpool, fn, *args, **kwargs)
+
+    def _follow(self, engine: LocalEngine) -> None:
+        self.engines[engine.job_id] = engine
+
+        async def run() -> None:
+            try:
+                await engine.follow()
+            except Exception:
+                self.log.failure("following the engine of job {job_id} failed",
+                                 job_id=engine.job_id)
+            finally:
+                if self.engines.get(engine.job_id) is engine:
+                    del self.engines[engine.job_id]
+
+        engine.done = Deferred.fromCoroutine(run())
+
+    def _environment(self, job: Job) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ENGINE_ENV_DROP}
+        env["KREE_JOB_ID"] = job.id
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    async def start(self, job: Job) -> dict[str, Any]:
+        job_dir = Path(job.job_dir)
+        log_fd = await self.in_thread(
+            os.open, str(job_dir / "engine.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        engine = LocalEngine(self, job, None, None)
+        process = EngineProcess(engine)
+        engine.process = process
+        try:
+            transport = self.reactor.spawnProcess(
+                process, self.python, [self.python, "-m", "kree.engine", "run", str(job_dir)],
+                env=self._environment(job), path=str(job_dir),
+                childFDs={0: "w", 1: log_fd, 2: log_fd, 3: "r"},
+            )
+        finally:
+            os.close(log_fd)
+        engine.ref = await self.in_thread(proctree.ref_for, transport.pid)
+        self._follow(engine)
+        self.log.info("job {job_id}: engine started, pid {pid}", job_id=job.id,
+                      pid=transport.pid)
+        return engine.ref.to_json()
+
+    async def adopt(self, job: Job) -> bool:
+        try:
+            ref = proctree.ProcessRef.from_json(job.backend_ref)
+        except (ValueError, TypeError):
+            ref = None
+        alive = ref is not None and await self.in_thread(proctree.is_alive, ref)
+        engine = LocalEngine(self, job, ref, None)
+        if not alive:
+            engine.exited = True
+        self._follow(engine)
+        return alive
+
+    def _ref(self, job: Job) -> proctree.ProcessRef | None:
+        engine = self.engines.get(job.id)
+        if engine is not None and engine.ref is not None:
+            return engine.ref
+        try:
+            return proctree.ProcessRef.from_json(job.backend_ref)
+        except (ValueError, TypeError):
+            return None
+
+    async def pause(self, job: Job) -> None:
+        await self.in_thread(proctree.pause, self._ref(job), job.id)
+
+    async def resume(self, job: Job) -> None:
+        await self.in_thread(proctree.resume, self._ref(job), job.id)
+
+    async def terminate(self, job: Job) -> None:
+        ref = self._ref(job)
+        if ref is not None:
+            # A paused engine cannot act on SIGTERM: continue it first.
+            await self.in_thread(proctree.resume, ref, job.id)
+            await self.in_thread(proctree.terminate, ref)
+
+    async def kill(self, job: Job) -> None:
+        await self.in_thread(proctree.kill, self._ref(job), job.id)
+
+    async def answer(self, job: Job, n: int, answer: dict[str, Any]) -> None:
+        line = json.dumps(answer).encode() + b"\n"
+        engine = self.engines.get(job.id)
+        if engine is not None and engine.process is not None and not engine.exited:
+            if engine.process.write_stdin(line):
+                return
+        await self.in_thread(_write_answer_file, Path(job.job_dir), n, line)
+
+    async def usage(self, job: Job) -> proctree.Usage:
+        return await self.in_thread(proctree.usage, self._ref(job), job.id)
+
+    async def wait_exited(self, job_id: str) -> None:
+        engine = self.engines.get(job_id)
+        if engine is not None and engine.done is not None:
+            await engine.done
+
+    async def detach(self) -> None:
+        for engine in list(self.engines.values()):
+            engine.detach()
+        for engine in list(self.engines.values()):
+            if engine.done is not None:
+                await engine.done
+
+    def running(self) -> int:
+        return len(self.engines)
+
+
+def _write_answer_file(job_dir: Path, n: int, line: bytes) -> None:
+    answers = job_dir / "answers"
+    answers.mkdir(mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=answers, prefix=f".{n}-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(line)
+    os.replace(tmp, answers / f"{n}.json")

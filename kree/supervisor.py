@@ -1,0 +1,399 @@
+"""
+The supervisor: turns QUEUED jobs into running engines, and keeps watch.
+
+- Dispatch: QUEUED jobs in order (priority, then time queued) while the
+  concurrency limit ([supervisor] max_running, 0 = cores) and the per-frontend
+  limit allow.  A job becomes RUNNING before its engine starts (so a pause or
+  stop that arrives meanwhile finds it), and FAILS with the reason if its
+  directory cannot be prepared or its engine cannot start.
+- Actions: it observes the job service.  A pause, resume, stop or kill that a
+  frontend or an admin applied is carried out on the engine's process tree
+  (SIGSTOP, SIGCONT, SIGTERM then SIGKILL after the grace period, SIGKILL).
+- Engine events (through the backend) become messages, progress, prompts,
+  products and the final state, via the job service.
+- Watch: every monitor interval, the CPU seconds and peak memory of each
+  running tree; a job past its walltime is stopped (FAILED, reason
+  "walltime"), one over its memory is killed (FAILED, reason "memory"); a
+  WAITING job past its input_timeout FAILS ("input timeout").
+- Restart: on start it re-adopts the engines of RUNNING, WAITING and PAUSED
+  jobs (never a recycled pid), replays the events they wrote meanwhile, and
+  fails those whose engine vanished without an end event ("lost during daemon
+  restart").  A record that cannot be understood is quarantined.
+- Shutdown: engines keep running and are re-adopted next time, unless
+  kreed runs with --stop-jobs-on-exit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from kree import jobdir
+from kree.errors import InvalidTransition, JobNotFound, KreeError
+from kree.records import Event, Job
+from kree.states import Action, JobState
+
+LOST = "lost during daemon restart"
+VANISHED = "the engine exited without reporting its end (killed?)"
+
+
+class Supervisor(Service):
+    log = Logger()
+
+    def __init__(self, config, store, jobs, reactor, *, backend=None,
+                 stop_jobs_on_exit: bool = False) -> None:
+        self._config = config
+        self._store = store
+        self._jobs = jobs
+        self._reactor = reactor
+        self._stop_jobs_on_exit = stop_jobs_on_exit
+        settings = config.supervisor
+        self.max_running = settings.max_running or os.cpu_count() or 1
+        self.max_per_frontend = settings.max_running_per_frontend
+        self.grace = settings.stop_grace_seconds
+        if backend is None:
+            from kree.backends.local import LocalBackend
+
+            backend = LocalBackend(reactor, self)
+        self.backend = backend
+        self._locks: dict[str, DeferredLock] = {}
+        self._running_frontend: dict[str, int] = {}  # job id -> frontend id
+        self._peak: dict[str, int] = {}
+        self._input_timers: dict[str, Any] = {}
+        self._kill_timers: dict[str, Any] = {}
+        self._dispatching = False
+        self._dispatch_again = False
+        self._monitor = LoopingCall(self._sample)
+        self._monitor.clock = reactor
+
+    # -- service ------------------------------------------------------------------
+
+    def startService(self) -> Deferred:
+        Service.startService(self)
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        self._jobs.add_observer(self._observe)
+        await self._recover()
+        self._monitor.start(self._config.supervisor.monitor_interval_seconds, now=False)
+        self.kick()
+
+    def stopService(self) -> Deferred:
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        self._jobs.remove_observer(self._observe)
+        if self._monitor.running:
+            self._monitor.stop()
+        for timer in [*self._input_timers.values(), *self._kill_timers.values()]:
+            if timer.active():
+                timer.cancel()
+        if self._stop_jobs_on_exit:
+            for job_id in list(self._running_frontend):
+                try:
+                    await self._jobs.apply(job_id, Action.STOP, reason="daemon shutdown")
+                    job = await self._store.jobs.get(job_id)
+                    await self._terminate_then_kill(job)
+                except KreeError:
+                    pass
+            for job_id in list(self._running_frontend):
+                await self.backend.wait_exited(job_id)
+        await self.backend.detach()
+
+    def _lock(self, job_id: str) -> DeferredLock:
+        return self._locks.setdefault(job_id, DeferredLock())
+
+    def _in_background(self, coroutine) -> None:
+        def failed(failure):
+            self.log.failure("supervisor task failed", failure=failure)
+
+        Deferred.fromCoroutine(coroutine).addErrback(failed)
+
+    # -- reacting to state changes -----------------------------------------------
+
+    def _observe(self, event: Event) -> None:
+        if event.type != "job.state":
+            return
+        data = event.data
+        action, old, new = data.get("action"), data.get("from"), data.get("to")
+        job_id = event.job_id
+        if new == JobState.QUEUED.value:
+            self.kick()
+        if job_id not in self._running_frontend:
+            return
+        if action == Action.PAUSE.value:
+            self._cancel_input_timer(job_id)
+            self._in_background(self._act(job_id, self.backend.pause))
+        elif action == Action.RESUME.value:
+            self._in_background(self._act(job_id, self.backend.resume))
+            if new == JobState.WAITING.value:
+                self._in_background(self._arm_input_timer(job_id))
+        elif action == Action.ASK_INPUT.value and new == JobState.WAITING.value:
+            self._in_background(self._arm_input_timer(job_id))
+        elif action == Action.STOP.value:
+            self._in_background(self._act(job_id, self._terminate_then_kill))
+        elif action == Action.KILL.value:
+            self._in_background(self._act(job_id, self.backend.kill))
+
+    async def _act(self, job_id: str, operation) -> None:
+        async with self._lock(job_id):
+            if job_id not in self._running_frontend:
+                return
+            try:
+                job = await self._store.jobs.get(job_id)
+            except JobNotFound:
+                return
+            await operation(job)
+
+    async def _terminate_then_kill(self, job: Job) -> None:
+        await self.backend.terminate(job)
+
+        def kill() -> None:
+            self._kill_timers.pop(job.id, None)
+            if job.id in self._running_frontend:
+                self.log.warn("job {job_id}: engine still running {grace} s after SIGTERM; "
+                              "killing it", job_id=job.id, grace=self.grace)
+                self._in_background(self.backend.kill(job))
+
+        self._kill_timers[job.id] = self._reactor.callLater(self.grace, kill)
+
+    # -- dispatch ----------------------------------------------------------------------
+
+    def kick(self) -> None:
+        """Dispatch soon; calls while a dispatch runs make it look again."""
+        if self._dispatching:
+            self._dispatch_again = True
+            return
+        self._dispatching = True
+        self._in_background(self._dispatch())
+
+    async def _dispatch(self) -> None:
+        try:
+            while True:
+                self._dispatch_again = False
+                await self._dispatch_once()
+                if not self._dispatch_again:
+                    break
+        finally:
+            self._dispatching = False
+
+    async def _dispatch_once(self) -> None:
+        while self.running and len(self._running_frontend) < self.max_running:
+            full = []
+            if self.max_per_frontend:
+                counts: dict[int, int] = {}
+                for frontend in self._running_frontend.values():
+                    counts[frontend] = counts.get(frontend, 0) + 1
+                full = [f for f, n in counts.items() if n >= self.max_per_frontend]
+            free = self.max_running - len(self._running_frontend)
+            candidates = await self._store.jobs.next_queued(free, full)
+            if not candidates:
+                return
+            for job in candidates:
+                if len(self._running_frontend) >= self.max_running:
+                    return
+                await self._start_job(job)
+
+    async def _start_job(self, job: Job) -> None:
+        async with self._lock(job.id):
+            try:
+                job = await self._jobs.apply(job.id, Action.DISPATCH, reason="dispatched",
+                                             updates={"backend": self.backend.name})
+            except (InvalidTransition, JobNotFound):
+                return  # paused, stopped or deleted since it was queued
+            self._running_frontend[job.id] = job.frontend_id
+            try:
+                await self._prepare(job)
+                ref = await self.backend.start(job)
+                await self._store.jobs.update_runtime(job.id, backend_ref=ref)
+            except Exception as e:
+                self._running_frontend.pop(job.id, None)
+                reason = e.message if isinstance(e, KreeError) else f"the engine could not start: {e}"
+                if not isinstance(e, KreeError):
+                    self.log.failure("job {job_id}: start failed", job_id=job.id)
+                try:
+                    await self._jobs.apply(job.id, Action.FAIL, reason=reason,
+                                           updates={"error": reason})
+                except (InvalidTransition, JobNotFound):
+                    pass
+
+    async def _prepare(self, job: Job) -> None:
+        detail = await self._store.jobs.get_detail(job.id)
+        policy = await self._store.policies.all()
+        workflow = jobdir.workflow_source(job.workflow_uri, self._config.cache_dir)
+        await deferToThreadPool(
+            self._reactor, self._reactor.getThreadPool(), jobdir.prepare, Path(job.job_dir),
+            workflow=workflow, parameters=detail.parameters, policy=policy,
+            inputs=detail.inputs)
+
+    # -- what the engine reports (EngineObserver) ---------------------------------------
+
+    async def engine_events(self, job_id: str, lines: list[dict], consumed: int) -> None:
+        try:
+            await self._jobs.apply_engine_events(job_id, lines, consumed)
+        except JobNotFound:
+            pass  # deleted while it ran
+
+    async def engine_exited(self, job_id: str, *, ended: bool, adopted: bool) -> None:
+        self._running_frontend.pop(job_id, None)
+        self._peak.pop(job_id, None)
+        self._cancel_input_timer(job_id)
+        timer = self._kill_timers.pop(job_id, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        if not ended:
+            try:
+                job = await self._store.jobs.get(job_id)
+            except JobNotFound:
+                job = None
+            if job is not None and not job.state.terminal:
+                reason = LOST if adopted else VANISHED
+                try:
+                    await self._jobs.apply(job_id, Action.FAIL, reason=reason,
+                                           updates={"error": reason})
+                except InvalidTransition:
+                    pass
+        try:
+            job = await self._store.jobs.get(job_id)
+            await self._clean_up(job)
+        except JobNotFound:
+            pass
+        self._locks.pop(job_id, None)
+        self.kick()
+
+    async def _clean_up(self, job: Job) -> None:
+        """Temporary files go; products, the log and events stay until delete."""
+
+        def clean(job_dir: Path) -> None:
+            shutil.rmtree(job_dir / "answers", ignore_errors=True)
+            for leftover in job_dir.glob(".kree-*"):
+                if leftover.is_file():
+                    leftover.unlink(missing_ok=True)
+
+        await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), clean,
+                                Path(job.job_dir))
+
+    # -- answers and input timeouts ----------------------------------------------------------
+
+    async def answer(self, job: Job, n: int, answers: dict[str, Any], *,
+                     frontend_id: int | None) -> Job:
+        """Deliver an answer to the waiting engine; the job is RUNNING again."""
+        async with self._lock(job.id):
+            job = await self._jobs.apply(job.id, Action.ANSWER, reason="answered",
+                                         frontend_id=frontend_id)
+            self._cancel_input_timer(job.id)
+            await self.backend.answer(job, n, answers)
+            return job
+
+    async def _arm_input_timer(self, job_id: str) -> None:
+        job = await self._store.jobs.get(job_id)
+        timeout = job.resources.get("input_timeout")
+        if not timeout:
+            return
+        self._cancel_input_timer(job_id)
+
+        def expired() -> None:
+            self._input_timers.pop(job_id, None)
+            self._in_background(self._input_timed_out(job_id))
+
+        self._input_timers[job_id] = self._reactor.callLater(timeout, expired)
+
+    async def _input_timed_out(self, job_id: str) -> None:
+        try:
+            job = await self._jobs.apply(job_id, Action.FAIL, reason="input timeout",
+                                         updates={"error": "input timeout"})
+        except (InvalidTransition, JobNotFound):
+            return
+        await self._act(job.id, self.backend.kill)
+
+    def _cancel_input_timer(self, job_id: str) -> None:
+        timer = self._input_timers.pop(job_id, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    # -- monitoring and limits --------------------------------------------------------------------
+
+    async def _sample(self) -> None:
+        for job_id in list(self._running_frontend):
+            try:
+                await self._sample_job(job_id)
+            except JobNotFound:
+                pass
+            except Exception:
+                self.log.failure("monitoring job {job_id} failed", job_id=job_id)
+
+    async def _sample_job(self, job_id: str) -> None:
+        job = await self._store.jobs.get(job_id)
+        if job.state.terminal:
+            return
+        usage = await self.backend.usage(job)
+        peak = max(self._peak.get(job_id, 0), usage.rss_bytes, job.peak_memory_bytes or 0)
+        self._peak[job_id] = peak
+        await self._store.jobs.update_runtime(job_id, cpu_seconds=round(usage.cpu_seconds, 3),
+                                              peak_memory_bytes=peak)
+        walltime = job.resources.get("walltime")
+        memory = job.resources.get("memory")
+        if walltime and job.running_time(self._jobs.now()) > walltime:
+            await self._limit(job, "walltime", self._terminate_then_kill)
+        elif memory and usage.rss_bytes > memory:
+            await self._limit(job, "memory", self.backend.kill)
+
+    async def _limit(self, job: Job, reason: str, operation) -> None:
+        try:
+            await self._jobs.apply(job.id, Action.FAIL, reason=reason, updates={"error": reason})
+        except InvalidTransition:
+            return
+        self.log.info("job {job_id} exceeded its {limit}", job_id=job.id, limit=reason)
+        await self._act(job.id, operation)
+
+    # -- deleting ---------------------------------------------------------------------------------
+
+    async def release(self, job_id: str) -> None:
+        """Before a job's directory is removed: its engine must be gone."""
+        if job_id in self._running_frontend:
+            await self._act(job_id, self.backend.kill)
+            await self.backend.wait_exited(job_id)
+
+    # -- restart ------------------------------------------------------------------------------------
+
+    async def _recover(self) -> None:
+        adopted = 0
+        for job_id, raw_state in await self._store.jobs.active_ids():
+            try:
+                job = await self._store.jobs.get(job_id)
+                if job.state is JobState.PAUSED and job.paused_from is JobState.QUEUED:
+                    continue  # held before it ever ran: nothing to adopt
+                if job.state is JobState.PAUSED and job.paused_from is None:
+                    raise ValueError("PAUSED without the state it was paused from")
+                self._running_frontend[job.id] = job.frontend_id
+                alive = await self.backend.adopt(job)
+                if alive:
+                    adopted += 1
+                    if job.state is JobState.PAUSED:
+                        await self.backend.pause(job)  # anything forked meanwhile stops too
+                    elif job.state is JobState.WAITING:
+                        await self._arm_input_timer(job.id)
+            except Exception as e:
+                self._running_frontend.pop(job_id, None)
+                reason = f"its record could not be understood ({type(e).__name__}: {e})"
+                self.log.failure("job {job_id} (state {state!r}) quarantined", job_id=job_id,
+                                 state=raw_state)
+                try:
+                    await self._jobs.quarantine(job_id, reason)
+                except Exception:
+                    self.log.failure("could not quarantine job {job_id}", job_id=job_id)
+        if adopted:
+            self.log.info("re-adopted {count} running engines", count=adopted)
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running_frontend)
