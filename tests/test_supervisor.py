@@ -302,3 +302,15 @@ def test_kill_leaves_no_process_even_one_that_escaped(portal, server):
             and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_memory_limit_kills_the_job(portal):
+    # Any engine uses more than 1 MiB: the first sample is over the limit.
+    job = submit(portal, "sleep-loop.xml", parameters={".sleeper.period": 100},
+                 resources={"memory": "1M"})
+    state = wait_for_state(portal, job["id"], TERMINAL, timeout=30)
+    assert state["state"] == "FAILED" and state["error"] == "memory"
+    deadline = time.monotonic() + 10
+    while job_processes(job["id"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not job_processes(job["id"])
