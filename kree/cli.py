@@ -210,6 +210,21 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--follow", "-f", action="store_true", help="keep waiting for events")
     events.add_argument("--after", metavar="SEQ", type=_non_negative, default=0,
                         help="only events after sequence number SEQ")
+
+    # No server connection: its own parser, without the connection options.
+    listen = commands.add_parser(
+        "listen", help="receive job events as a callback listener",
+        description="Listen for KREE's signed callback deliveries (HTTP POSTs) and print "
+        "each verified event as one line of JSON; rejected requests are reported on "
+        "stderr.  Ctrl-C stops it.",
+    )
+    listen.add_argument("--port", metavar="P", type=_non_negative, required=True,
+                        help="the port to listen on (0: any free port)")
+    listen.add_argument("--secret", metavar="S", required=True,
+                        help="the subscription's signing secret")
+    listen.add_argument("--host", metavar="H", default="127.0.0.1",
+                        help="the address to listen on (default 127.0.0.1)")
+    listen.set_defaults(handler=listen_command)
     return parser
 
 
@@ -574,6 +589,41 @@ def events_command(client: KreeClient, args) -> int:
         after = max(after, page.get("next") or 0)
 
 
+def listen_command(args) -> int:
+    """C{kree listen}: needs no server connection, so run() calls it without a client."""
+    import threading
+    import time
+
+    from kree.listener import Listener
+
+    output = threading.Lock()
+
+    def on_event(event: dict[str, Any]) -> None:
+        with output:
+            print_json_line(event)
+
+    def on_reject(status: int, reason: str) -> None:
+        with output:
+            print(f"kree listen: rejected a request ({status}): {reason}", file=sys.stderr,
+                  flush=True)
+
+    listener = Listener(args.secret, host=args.host, port=args.port, on_event=on_event,
+                        on_reject=on_reject)
+    try:
+        listener.start()
+    except OSError as e:
+        raise CommandFailed(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") \
+            from None
+    try:
+        print(f"kree listen: listening on {listener.url}", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        listener.stop()
+
+
 # -- main -------------------------------------------------------------------------------
 
 
@@ -594,6 +644,11 @@ def _fail(args, error: KreeClientError | CommandFailed) -> int:
 def run(argv: list[str] | None = None, environ: Mapping[str, str] = os.environ) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "listen":
+        try:
+            return listen_command(args)
+        except CommandFailed as e:
+            return _fail(args, e)
     try:
         connection = resolve_connection(args, environ)
         client = KreeClient(connection.url, connection.cert, connection.key, connection.ca,
