@@ -78,6 +78,24 @@ class SupervisorConfig:
 
 
 @attrs.frozen
+class EventsConfig:
+    # Seconds before each retry of a failed delivery; after the last, the
+    # delivery is given up.  The default reaches about a day (~1.9 days in all).
+    retry_schedule_seconds: list[float] = attrs.field(
+        factory=lambda: [10.0, 60.0, 300.0, 1800.0, 7200.0, 21600.0, 43200.0, 86400.0])
+    # Consecutive failures after which a subscription is shown as failing.
+    failing_after: int = 5
+    timeout_seconds: float = 10.0
+    # Deliveries in flight at once (each subscription has at most one).
+    max_in_flight: int = 16
+    # PEM CA for https listeners; empty: the system's trust store.
+    ca: str = ""
+    # KREE's own client certificate for listeners that want mutual TLS.
+    client_cert: str = ""
+    client_key: str = ""
+
+
+@attrs.frozen
 class LogConfig:
     # "auto": text on a terminal, JSON lines otherwise.
     format: str = "auto"
@@ -90,10 +108,13 @@ _SECTIONS = {
     "store": StoreConfig,
     "fetch": FetchConfig,
     "supervisor": SupervisorConfig,
+    "events": EventsConfig,
     "log": LogConfig,
 }
 
-_POSITIVE = {("supervisor", "monitor_interval_seconds"), ("server", "max_body_bytes")}
+_POSITIVE = {("supervisor", "monitor_interval_seconds"), ("server", "max_body_bytes"),
+             ("events", "timeout_seconds"), ("events", "max_in_flight"),
+             ("events", "failing_after")}
 
 _CHOICES = {
     ("store", "sqlite_synchronous"): ("normal", "full"),
@@ -111,6 +132,7 @@ class Config:
     store: StoreConfig = StoreConfig()
     fetch: FetchConfig = FetchConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
+    events: EventsConfig = EventsConfig()
     log: LogConfig = LogConfig()
     # The file this came from, if any.
     source: Path | None = None
@@ -237,6 +259,10 @@ def load_config(
                 for name, value in attrs.asdict(tls).items()
             }
         )
+    if "events" in sections:
+        sections["events"] = attrs.evolve(sections["events"], **{
+            name: str(base / getattr(sections["events"], name))
+            for name in ("ca", "client_cert", "client_key") if getattr(sections["events"], name)})
     if "fetch" in sections:
         sections["fetch"] = attrs.evolve(
             sections["fetch"],
@@ -279,7 +305,7 @@ def _section(name: str, cls: type, values: dict, problems: list[str]):
 def _type_error(value, expected) -> str | None:
     if typing.get_origin(expected) is list:
         (item_type,) = typing.get_args(expected)
-        if not isinstance(value, list) or not all(isinstance(v, item_type) for v in value):
+        if not isinstance(value, list) or any(_type_error(v, item_type) for v in value):
             return f"must be a list of {item_type.__name__}"
         return None
     if expected is bool:

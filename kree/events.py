@@ -1,18 +1,38 @@
 """
 Events to those who wait for them.
 
-L{EventWaiters} serves long polls (GET /v1/jobs/{id}/events?wait=N): it
-observes the job service and wakes every poll waiting on a job as soon as one
-of its events commits.  (Callback delivery to subscribed listeners and
-server-sent events are issue 6.)
+L{EventWaiters} serves long polls and server-sent events: it observes the job
+service and wakes every request waiting on a job as soon as one of its events
+commits.
+
+L{DeliveryService} drains the outbox (kree.store.deliveries) to subscribed
+listeners: each event as a JSON POST signed with HMAC-SHA256 (kree.signing),
+one delivery in flight per subscription so each listener gets events in
+order, a failing listener holding up only itself.  A 2xx acknowledges; 410
+ends the subscription; anything else (other statuses, a refused connection,
+a timeout, a URL that now resolves to an internal address) is retried after
+the next delay of [events] retry_schedule_seconds, then given up.  Pending
+deliveries are rows, so a restart loses none: at least once, ids to dedupe.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 from collections import defaultdict
+from io import BytesIO
 
+from twisted.application.service import Service
+from twisted.internet import protocol
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS, platformTrust
+from twisted.logger import Logger
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
 
+from kree import __version__, signing, urlguard
 from kree.records import Event
 
 
@@ -60,3 +80,193 @@ class EventWaiters:
 
     def count(self) -> int:
         return sum(len(w) for w in self._waiting.values())
+
+
+@implementer(IPolicyForHTTPS)
+class ListenerTLSPolicy:
+    """Verify listeners with service_identity against our CA or the system's; maybe present our certificate."""
+
+    def __init__(self, ca_path: str = "", cert_path: str = "", key_path: str = "") -> None:
+        self._trust = Certificate.loadPEM(open(ca_path, "rb").read()) if ca_path else platformTrust()
+        self._client = None
+        if cert_path:
+            self._client = PrivateCertificate.loadPEM(
+                open(cert_path, "rb").read() + b"\n" + open(key_path, "rb").read())
+
+    def creatorForNetloc(self, hostname: bytes, port: int):
+        return optionsForClientTLS(hostname.decode("idna"), trustRoot=self._trust,
+                                   clientCertificate=self._client)
+
+
+class _Discard(protocol.Protocol):
+    """Reads (and drops) a listener's response body, up to a limit."""
+
+    LIMIT = 65536
+
+    def __init__(self) -> None:
+        self.done = Deferred()
+        self.received = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.received > self.LIMIT:
+            self.transport.stopProducing()
+
+    def connectionLost(self, reason) -> None:
+        if not self.done.called:
+            self.done.callback(None)
+
+
+class DeliveryService(Service):
+    log = Logger()
+
+    def __init__(self, config, store, jobs, reactor, *, agent=None) -> None:
+        self._config = config
+        self._settings = config.events
+        self._store = store
+        self._jobs = jobs
+        self._reactor = reactor
+        if agent is None:
+            pool = HTTPConnectionPool(reactor, persistent=True)
+            pool.maxPersistentPerHost = 4
+            policy = ListenerTLSPolicy(self._settings.ca, self._settings.client_cert,
+                                       self._settings.client_key)
+            agent = Agent(reactor, contextFactory=policy, pool=pool,
+                          connectTimeout=self._settings.timeout_seconds)
+            self._pool = pool
+        else:
+            self._pool = None
+        self._agent = agent
+        self._in_flight: dict[str, Deferred] = {}
+        self._pumping = False
+        self._pump_again = False
+        self._timer = None
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._jobs.add_observer(self._observe)
+        self.wake()
+
+    def stopService(self) -> Deferred:
+        Service.stopService(self)
+        self._jobs.remove_observer(self._observe)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        for worker in list(self._in_flight.values()):
+            worker.cancel()
+        if self._pool is not None:
+            await self._pool.closeCachedConnections()
+
+    def _observe(self, event: Event) -> None:
+        self.wake()
+
+    def now(self) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(self._reactor.seconds(), datetime.timezone.utc)
+
+    def wake(self) -> None:
+        if not self.running:
+            return
+        if self._pumping:
+            self._pump_again = True
+            return
+        self._pumping = True
+
+        async def pump() -> None:
+            try:
+                while True:
+                    self._pump_again = False
+                    await self._pump()
+                    if not self._pump_again:
+                        break
+            except Exception:
+                self.log.failure("delivery scheduling failed")
+            finally:
+                self._pumping = False
+
+        Deferred.fromCoroutine(pump())
+
+    async def _pump(self) -> None:
+        room = self._settings.max_in_flight - len(self._in_flight)
+        if room > 0:
+            due = await self._store.deliveries.due_subscriptions(self.now(), room + len(self._in_flight))
+            for subscription_id in due:
+                if subscription_id in self._in_flight or len(self._in_flight) >= self._settings.max_in_flight:
+                    continue
+                worker = Deferred.fromCoroutine(self._drain(subscription_id))
+                self._in_flight[subscription_id] = worker
+                worker.addErrback(lambda f: f.trap(CancelledError))
+        earliest = await self._store.deliveries.earliest_due()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if earliest is not None and self.running:
+            delay = max(0.0, (earliest - self.now()).total_seconds())
+            self._timer = self._reactor.callLater(max(delay, 0.01), self.wake)
+
+    async def _drain(self, subscription_id: str) -> None:
+        """Deliver a subscription's due deliveries in order; stop at the first failure."""
+        try:
+            while self.running:
+                delivery = await self._store.deliveries.head(subscription_id)
+                if delivery is None or delivery.next_attempt_at > self.now():
+                    return
+                if not await self._deliver(delivery):
+                    return
+        finally:
+            self._in_flight.pop(subscription_id, None)
+            self.wake()
+
+    async def _deliver(self, delivery) -> bool:
+        sub = delivery.subscription
+        fetch = self._config.fetch
+        body = json.dumps(delivery.event.to_json(), separators=(",", ":")).encode()
+        headers = {
+            **signing.headers(sub.secret, delivery.event.id, body, now=self._reactor.seconds()),
+            "Content-Type": "application/json",
+            "User-Agent": f"KREE/{__version__}",
+            "KREE-Subscription": sub.id,
+        }
+        try:
+            await urlguard.check_reachable(self._reactor, sub.url, fetch.allowed_hosts,
+                                           fetch.allow_private_addresses)
+            request = self._agent.request(
+                b"POST", sub.url.encode(),
+                Headers({k.encode(): [v.encode()] for k, v in headers.items()}),
+                FileBodyProducer(BytesIO(body)))
+            request.addTimeout(self._settings.timeout_seconds, self._reactor)
+            response = await request
+            discard = _Discard()
+            response.deliverBody(discard)
+            await discard.done
+            code = response.code
+        except CancelledError:
+            raise
+        except urlguard.URLNotAllowed as e:
+            code, error = None, e.message
+        except TimeoutError:
+            code, error = None, f"no answer within {self._settings.timeout_seconds} s"
+        except Exception as e:
+            code, error = None, f"{type(e).__name__}: {e}"
+        if code is not None and 200 <= code < 300:
+            await self._store.deliveries.delivered(delivery.id, sub.id)
+            return True
+        if code == 410:
+            await self._store.deliveries.end_subscription(sub.id, "the listener answered 410 Gone")
+            self.log.info("subscription {subscription} ended by its listener (410)",
+                          subscription=sub.id)
+            return False
+        if code is not None:
+            error = f"the listener answered {code}"
+        schedule = self._settings.retry_schedule_seconds
+        attempt = delivery.attempts  # failures so far, before this one
+        retry_at = (self.now() + datetime.timedelta(seconds=schedule[attempt])
+                    if attempt < len(schedule) else None)
+        status = await self._store.deliveries.failed(delivery.id, sub.id, error, retry_at,
+                                                     self._settings.failing_after)
+        self.log.info("delivery of event {event} to {listener} failed ({error}); {next}",
+                      event=delivery.event.id, listener=sub.url, error=error,
+                      next="retry scheduled" if retry_at else "given up",
+                      subscription_status=status)
+        return retry_at is None  # a given-up delivery lets the next one go

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from kree import __version__, credentials, pki
 from kree.api.site import ApiService
 from kree.config import Config
+from kree.events import DeliveryService
 from kree.jobs import JobService
 from kree.store import Store
 from kree.supervisor import Supervisor
@@ -138,6 +139,8 @@ class KreeDaemon(AsyncMultiService):
         self.supervisor = Supervisor(config, self.store, self.jobs, reactor,
                                      stop_jobs_on_exit=stop_jobs_on_exit)
         self.supervisor.setServiceParent(self)
+        self.deliveries = DeliveryService(config, self.store, self.jobs, reactor)
+        self.deliveries.setServiceParent(self)
         self.api = ApiService(config, self.store, self.jobs, self.supervisor, reactor)
         self.api.setServiceParent(self)
 

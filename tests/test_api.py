@@ -112,11 +112,28 @@ def test_feasibility_is_not_available_yet(portal, workflow):
     assert portal.post("/v1/feasibility", {}).status == 422
 
 
-def test_subscriptions_are_not_available_yet(portal):
-    reply = portal.post("/v1/subscriptions", {"url": "https://listener.example/hook"})
-    assert reply.status == 501 and reply.error == "not_implemented"
-    assert "events?after" in reply.json["error"]["message"]
-    assert portal.get("/v1/subscriptions").status == 501
+def test_subscription_requests_are_checked(portal, gateway, workflow):
+    job = new_job(portal, workflow)
+    theirs = new_job(gateway, workflow)
+    for body, code in [
+        ({"url": "ftp://listener.example/hook"}, "uri_not_allowed"),
+        ({"url": "http://127.0.0.1:9/hook"}, "uri_not_allowed"),  # internal: not allowed here
+        ({"url": "http://[::1]:9/hook"}, "uri_not_allowed"),
+        ({"url": "http://user:pw@listener.example/"}, "uri_not_allowed"),
+        ({"url": "https://no-such-host.invalid/hook"}, "uri_not_allowed"),
+        ({"url": "https://x.example/", "job": theirs["id"]}, "job_not_found"),
+        ({"url": "https://x.example/", "events": ["job.exploded"]}, "invalid_request"),
+        ({"url": "https://x.example/", "events": []}, "invalid_request"),
+        ({"url": "https://x.example/", "secret": "short"}, "invalid_request"),
+        ({"url": "https://x.example/", "colour": "blue"}, "invalid_request"),
+        ({}, "uri_not_allowed"),
+    ]:
+        reply = portal.post("/v1/subscriptions", body)
+        assert (reply.status, reply.error) == (422, code), (body, reply.body)
+    assert portal.get("/v1/subscriptions").json == {"subscriptions": []}
+    assert portal.get("/v1/subscriptions/sub_nonexistent").status == 404
+    assert portal.delete("/v1/subscriptions/sub_nonexistent").status == 404
+    assert job["id"]
 
 
 def test_unknown_paths_and_methods(portal):

@@ -24,7 +24,9 @@ from kree.errors import ConfigError, KreeError
 from kree.records import isoformat
 from kree.store import migrate
 from kree.store.engine import create_engine, is_sqlite
+from kree.store.deliveries import DeliveriesStore
 from kree.store.frontends import FrontendsStore
+from kree.store.subscriptions import SubscriptionsStore
 from kree.store.pool import DBPool
 
 EXIT_OK = 0
@@ -111,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--cert", metavar="FILE", required=True, help="its certificate (PEM or DER)")
     add.set_defaults(handler=frontend_add)
     frontend_commands.add_parser("list", help="list frontends").set_defaults(handler=frontend_list)
+
+    subscriptions = commands.add_parser(
+        "subscriptions",
+        help="callback subscriptions of all frontends",
+        description="Callback subscriptions: status (active, failing after [events] "
+        "failing_after consecutive failures, ended by a 410), the last error, and deliveries "
+        "pending, delivered and given up.",
+    )
+    subscription_commands = subscriptions.add_subparsers(dest="subscriptions_command",
+                                                         metavar="ACTION", required=True)
+    subscription_commands.add_parser("list", help="list subscriptions").set_defaults(
+        handler=subscriptions_list)
     revoke = frontend_commands.add_parser("revoke", help="refuse a frontend from now on")
     revoke.add_argument("name", metavar="NAME")
     revoke.set_defaults(handler=frontend_revoke)
@@ -290,6 +304,38 @@ def frontend_revoke(config: Config, args) -> dict[str, Any]:
         pool.stop()
     return {**_frontend_json(frontend),
             "message": f"revoked frontend {frontend.name}; its next request is refused"}
+
+
+def subscriptions_list(config: Config, args) -> dict[str, Any]:
+    pool, frontends = _frontends(config)
+    try:
+        names = {f.id: f.name for f in pool.run_in_thread(frontends.list_thd)}
+        subs = pool.run_in_thread(SubscriptionsStore(pool).list_thd)
+        counts = pool.run_in_thread(DeliveriesStore(pool).counts_thd)
+    finally:
+        pool.stop()
+    rows = [
+        {
+            "id": sub.id,
+            "frontend": names.get(sub.frontend_id),
+            "url": sub.url,
+            "job": sub.job_id,
+            "events": sub.event_types,
+            "status": sub.status,
+            "consecutive_failures": sub.consecutive_failures,
+            "last_error": sub.last_error,
+            "pending": counts.get(sub.id, {}).get("pending", 0),
+            "delivered": counts.get(sub.id, {}).get("delivered", 0),
+            "given_up": counts.get(sub.id, {}).get("dead", 0),
+        }
+        for sub in subs
+    ]
+    table = _table(
+        ["ID", "FRONTEND", "STATUS", "PENDING", "DELIVERED", "FAILURES", "URL", "LAST ERROR"],
+        [[r["id"], r["frontend"], r["status"], r["pending"], r["delivered"],
+          r["consecutive_failures"], r["url"], r["last_error"] or "-"] for r in rows],
+    )
+    return {"subscriptions": rows, "text": table if rows else "no subscriptions"}
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:

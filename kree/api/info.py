@@ -42,11 +42,6 @@ class InfoApi:
         router.add("GET", "/v1/capabilities", self.capabilities)
         router.add("POST", "/v1/feasibility", self.feasibility)
         router.add("GET", "/v1/openapi.json", self.openapi)
-        for method, path in (("POST", "/v1/subscriptions"), ("GET", "/v1/subscriptions"),
-                             ("GET", "/v1/subscriptions/{sid}"),
-                             ("DELETE", "/v1/subscriptions/{sid}")):
-            router.add(method, path, self.subscriptions,
-                       "subscription.change" if method != "GET" else None)
 
     async def service_info(self, call: Call) -> dict[str, Any]:
         return {
@@ -108,11 +103,3 @@ class InfoApi:
 
     async def openapi(self, call: Call) -> dict[str, Any]:
         return self._openapi
-
-    async def subscriptions(self, call: Call) -> dict[str, Any]:
-        raise ApiError(
-            501,
-            "not_implemented",
-            "callback subscriptions are not available in this version; poll "
-            "GET /v1/jobs/{id}/events?after=SEQ&wait=SECONDS instead",
-        )

@@ -9,11 +9,13 @@ State actions go through the job service, the one writer of job state.
 from __future__ import annotations
 
 import datetime
+import json
 import mimetypes
 import shutil
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.web import static
 from twisted.web.server import NOT_DONE_YET
@@ -28,6 +30,7 @@ from kree.states import Action, JobState
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
 MAX_WAIT_SECONDS = 60
+SSE_HEARTBEAT_SECONDS = 15
 
 STATE_ACTIONS = {
     "queue": Action.QUEUE,
@@ -328,6 +331,9 @@ class JobsApi:
 
     async def events(self, call: Call) -> dict[str, Any]:
         job = await self._job(call)
+        accept = (call.request.getHeader("accept") or "").lower()
+        if "text/event-stream" in accept:
+            return await self._event_stream(call, job)
         after = call.query_int("after", 0)
         limit = call.query_int("limit", 100, 1, MAX_PAGE)
         wait = call.query_int("wait", 0, 0, 3600)
@@ -343,6 +349,55 @@ class JobsApi:
             "events": [e.to_json() for e in events],
             "next": events[-1].seq if events else after,
         }
+
+    async def _event_stream(self, call: Call, job: Job):
+        """
+        Server-sent events: each event as `id: <seq>`, `event: <type>`,
+        `data: <json>`, from after `Last-Event-ID` (or `after`), as they
+        commit, with a comment line every 15 s to keep proxies from closing
+        the stream.  It ends when the job is deleted or the client leaves.
+        """
+        request = call.request
+        last = request.getHeader("last-event-id")
+        try:
+            after = int(last) if last is not None else call.query_int("after", 0)
+        except ValueError:
+            raise InvalidRequest("Last-Event-ID must be an event seq (an integer)") from None
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-accel-buffering", b"no")
+        request.write(b": kree event stream\n\n")
+        gone = Deferred()
+        waiting: list[Deferred] = []
+
+        def client_left(_) -> None:
+            if not gone.called:
+                gone.callback(None)
+            for waiter in waiting:
+                waiter.cancel()  # stop waiting now, not at the next heartbeat
+
+        request.notifyFinish().addBoth(client_left)
+        while not gone.called:
+            waiter = self._waiters.waiter(job.id)
+            waiting[:] = [waiter]
+            events = await self._store.events.list_for_job(job.id, after, MAX_PAGE)
+            if events:
+                self._waiters.forget(waiter)
+                for event in events:
+                    body = json.dumps(event.to_json(), separators=(",", ":"))
+                    request.write(f"id: {event.seq}\nevent: {event.type}\ndata: {body}\n\n"
+                                  .encode())
+                    after = event.seq
+                if events[-1].type == "job.deleted":
+                    break
+                continue
+            woken = await self._waiters.until(waiter, SSE_HEARTBEAT_SECONDS)
+            if not woken and not gone.called:
+                request.write(b": heartbeat\n\n")
+        if not gone.called:
+            request.finish()
+        return ALREADY_WRITTEN
 
     # -- results -------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from kree.api import tls
 from kree.api.info import InfoApi
 from kree.api.jobs import JobsApi
 from kree.api.resource import ApiResource, ApiSite, Router
+from kree.api.subscriptions import SubscriptionsApi
 from kree.api.workflows import WorkflowsApi
 from kree.events import EventWaiters
 
@@ -26,6 +27,7 @@ def build_site(config, store, jobs, supervisor, reactor) -> ApiSite:
     JobsApi(store, jobs, supervisor, waiters, reactor, threadpool).register(router)
     WorkflowsApi(store, config.cache_dir, reactor, threadpool).register(router)
     InfoApi(config, jobs, store, reactor).register(router)
+    SubscriptionsApi(config, store, reactor).register(router)
     return ApiSite(ApiResource(router, store), config.server.max_body_bytes, reactor)
 
 

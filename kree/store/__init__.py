@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from kree.store import migrate
 from kree.store.audit import AuditStore
 from kree.store.cache import CacheStore
+from kree.store.deliveries import DeliveriesStore
 from kree.store.engine import create_engine
 from kree.store.events import EventsStore
 from kree.store.frontends import FrontendsStore
@@ -35,6 +36,7 @@ class Store:
         self.cache = CacheStore(self.pool)
         self.audit = AuditStore(self.pool)
         self.policies = PoliciesStore(self.pool)
+        self.deliveries = DeliveriesStore(self.pool)
 
     @classmethod
     def from_url(cls, url: str, reactor, *, sqlite_synchronous="full", pool_size=4) -> Store:

@@ -47,7 +47,32 @@ def append_thd(
             job_id=job_id, frontend_id=frontend_id, seq=seq, type=type, time=now, data=data
         )
     ).inserted_primary_key[0]
+    _enqueue_deliveries(conn, frontend_id, job_id, type, event_id, now)
     return Event(event_id, job_id, frontend_id, seq, type, now, data)
+
+
+def _enqueue_deliveries(conn, frontend_id: int, job_id: str, type: str, event_id: int,
+                        now: datetime.datetime) -> None:
+    """
+    The outbox: one pending delivery per matching subscription, in the
+    event's own transaction, so a committed event is never without its
+    deliveries (kree.events sends them).
+    """
+    subs = model.subscriptions
+    rows = conn.execute(
+        sa.select(subs.c.id, subs.c.job_id, subs.c.event_types)
+        .where(subs.c.frontend_id == frontend_id, subs.c.status != "ended")
+    ).all()
+    wanted = [
+        sub_id for sub_id, sub_job, types in rows
+        if (sub_job is None or sub_job == job_id) and (not types or type in types)
+    ]
+    if wanted:
+        conn.execute(model.deliveries.insert(), [
+            {"subscription_id": sub_id, "event_id": event_id, "status": "pending",
+             "attempts": 0, "next_attempt_at": now}
+            for sub_id in wanted
+        ])
 
 
 def _event(row) -> Event:
