@@ -270,3 +270,122 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class TLSListener:
+    """An https listener (standard library ssl) that records verified events."""
+
+    def __init__(self, cert, key, *, client_ca=None):
+        import http.server
+        import ssl
+        import threading
+
+        received = self.events = []
+        self.peer_names = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                signing.verify(SECRET, self.headers["KREE-Event-Id"],
+                               self.headers["KREE-Timestamp"],
+                               self.headers["KREE-Signature"], body)
+                peer = self.connection.getpeercert()
+                if peer:
+                    outer.peer_names.append(dict(x[0] for x in peer["subject"])["commonName"])
+                received.append(json.loads(body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(cert), str(key))
+        if client_ca:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(str(client_ca))
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def listener_ca(tmp_path):
+    from kree import pki
+
+    ca = pki.create_ca("Listener CA")
+    pki.save(ca, tmp_path / "listener-ca.pem", tmp_path / "listener-ca.key")
+    return ca
+
+
+def events_server(tmp_path, events_settings: str) -> LiveKree:
+    base = tmp_path / "kree"
+    base.mkdir()
+    return LiveKree(base, frontends=("portal",),
+                    config_text=CONFIG.replace("[events]", f"[events]\n{events_settings}"))
+
+
+def wait_until_finished(listener, job_id):
+    deadline = time.monotonic() + 20
+    while not finished(job_id)(listener.events):
+        assert time.monotonic() < deadline, listener.events
+        time.sleep(0.05)
+
+
+def test_https_listeners_are_verified(tmp_path):
+    from kree import pki
+
+    ca = listener_ca(tmp_path)
+    server = events_server(tmp_path, f'ca = "{tmp_path / "listener-ca.pem"}"')
+    good = pki.issue(ca, "localhost", server_names=["localhost", "127.0.0.1"])
+    wrong = pki.issue(ca, "elsewhere", server_names=["elsewhere.example"])
+    pki.save(good, tmp_path / "good.pem", tmp_path / "good.key")
+    pki.save(wrong, tmp_path / "wrong.pem", tmp_path / "wrong.key")
+    ok, impostor = (TLSListener(tmp_path / "good.pem", tmp_path / "good.key"),
+                    TLSListener(tmp_path / "wrong.pem", tmp_path / "wrong.key"))
+    server.start()
+    try:
+        client = server.client("portal")
+        subscribe(client, f"https://localhost:{ok.port}/")
+        bad = subscribe(client, f"https://localhost:{impostor.port}/")
+        job = submit(client, "hello.xml")
+        wait_until_finished(ok, job["id"])
+        assert of_job(ok.events, job["id"]) == job_log(client, job["id"])
+        # A certificate for another name is refused (service_identity).
+        state = client.get(f"/v1/subscriptions/{bad['id']}").json
+        assert impostor.events == []
+        assert state["consecutive_failures"] >= 1 and state["last_error"]
+    finally:
+        server.stop()
+        ok.stop()
+        impostor.stop()
+
+
+def test_kree_presents_its_certificate_to_listeners_that_ask(tmp_path):
+    from kree import pki
+
+    ca = listener_ca(tmp_path)
+    pki.save(pki.issue(ca, "kree", client=True), tmp_path / "kree-client.pem",
+             tmp_path / "kree-client.key")
+    pki.save(pki.issue(ca, "localhost", server_names=["localhost", "127.0.0.1"]),
+             tmp_path / "l.pem", tmp_path / "l.key")
+    server = events_server(tmp_path, f'ca = "{tmp_path / "listener-ca.pem"}"\n'
+                                     f'client_cert = "{tmp_path / "kree-client.pem"}"\n'
+                                     f'client_key = "{tmp_path / "kree-client.key"}"')
+    listener = TLSListener(tmp_path / "l.pem", tmp_path / "l.key",
+                           client_ca=tmp_path / "listener-ca.pem")
+    server.start()
+    try:
+        client = server.client("portal")
+        subscribe(client, f"https://localhost:{listener.port}/")
+        job = submit(client, "hello.xml")
+        wait_until_finished(listener, job["id"])
+        assert set(listener.peer_names) == {"kree"}
+    finally:
+        server.stop()
+        listener.stop()
