@@ -15,6 +15,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from kree import __version__, credentials, pki
+from kree.admin.server import AdminSocketService
 from kree.api.site import ApiService
 from kree.config import Config
 from kree.events import DeliveryService
@@ -143,6 +144,7 @@ class KreeDaemon(AsyncMultiService):
         self.deliveries.setServiceParent(self)
         self.api = ApiService(config, self.store, self.jobs, self.supervisor, reactor)
         self.api.setServiceParent(self)
+        AdminSocketService(self, config.admin_socket, reactor).setServiceParent(self)
 
     def startService(self) -> Deferred:
         self.log.info(

@@ -72,12 +72,12 @@ class InfoApi:
 
     async def capabilities(self, call: Call) -> dict[str, Any]:
         if self._engine_info is None:
-            actors = await self._engine("actors")
-            software = await self._store.policies.software()
-            if not software:
-                software = await self._engine("software")
-                await self._store.policies.record_software(software)
-            self._engine_info = {"actors": actors["actors"], "software": software}
+            self._engine_info = {"actors": (await self._engine("actors"))["actors"]}
+        # The registry is read each time: `kree-admin software rescan` updates it.
+        software = await self._store.policies.software()
+        if not software:
+            software = await self._engine("software")
+            await self._store.policies.record_software(software)
         policy = await self._store.policies.all()
         actors = [
             {**actor, "policy": policy.get(actor["class"], actor["policy"])}
@@ -87,7 +87,7 @@ class InfoApi:
             "engines": [ENGINE],
             "actors": actors,
             "policy": policy,
-            "software": self._engine_info["software"],
+            "software": software,
             "backends": ["local"],
         }
 

@@ -294,6 +294,17 @@ class JobsStore:
                             .where(jobs.c.state.in_(ACTIVE_STATES)).order_by(jobs.c.id))
         return [(job_id, state) for job_id, state in rows]
 
+    async def purgeable(self, cutoff: datetime.datetime, states) -> list[Job]:
+        return await self._pool.run(self.purgeable_thd, cutoff, list(states))
+
+    def purgeable_thd(self, conn, cutoff: datetime.datetime, states: list[str]) -> list[Job]:
+        """Jobs in C{states} that ended (NEW ones: were created) before C{cutoff}."""
+        jobs = model.jobs
+        when = sa.func.coalesce(jobs.c.ended_at, jobs.c.created_at)
+        rows = conn.execute(sa.select(jobs).where(jobs.c.state.in_(states), when < cutoff)
+                            .order_by(jobs.c.id))
+        return [_job(row) for row in rows]
+
     def quarantine_thd(self, conn, job_id: str, reason: str,
                        now: datetime.datetime | None = None) -> Event:
         """
