@@ -3,8 +3,22 @@ C{kree-admin}: the administrators' console.
 
     kree-admin [--config FILE] [--state-dir DIR] [--json] COMMAND ...
 
-Commands that only read or change the database work whether or not kreed
-runs.  Exit codes: 0 ok, 1 failed, 2 usage.
+Commands:
+
+    db upgrade [--revision R] | current | downgrade REVISION
+    ca init
+    cert issue --frontend NAME | --server HOST ...
+    frontend add NAME --cert FILE | list | revoke NAME
+    subscriptions list
+    jobs list [--state S] [--frontend NAME] [--user U] [--limit N]
+    jobs show ID
+    actors list | allow CLASS | restrict CLASS [--policy replace:X|remove|reject]
+    software list | rescan
+    cache list | purge [URI]
+    config check FILE
+
+Commands that only read or change the database or files work whether or not
+kreed runs.  Exit codes: 0 ok, 1 failed, 2 usage.
 
 A command handler returns a dict: its data (printed as JSON with --json) and
 a "message" (printed for people), or a "text" rendering such as a table that
@@ -15,17 +29,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import subprocess
 import sys
 from typing import Any
 
-from kree import __version__, credentials, pki
+import sqlalchemy as sa
+
+from kree import __version__, credentials, jobspec, pki
 from kree.config import Config, load_config
-from kree.errors import ConfigError, KreeError
+from kree.engine import software as engine_software
+from kree.engine.policy import valid_policy
+from kree.engine.registry import DEFAULT_POLICY
+from kree.errors import ConfigError, JobNotFound, KreeError
 from kree.records import isoformat
-from kree.store import migrate
+from kree.states import TERMINAL_STATES, JobState
+from kree.store import migrate, model
+from kree.store.cache import CacheStore
 from kree.store.engine import create_engine, is_sqlite
 from kree.store.deliveries import DeliveriesStore
+from kree.store.events import EventsStore, utcnow
 from kree.store.frontends import FrontendsStore
+from kree.store.jobs import JobsStore
+from kree.store.policies import PoliciesStore
 from kree.store.subscriptions import SubscriptionsStore
 from kree.store.pool import DBPool
 
@@ -35,7 +61,22 @@ EXIT_USAGE = 2
 
 
 class CommandFailed(Exception):
-    """A command could not do its job; the message says what to do next."""
+    """
+    A command could not do its job; the message says what to do next.
+    C{data} is added to the JSON error object (--json).
+    """
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, **data: Any) -> None:
+        super().__init__(message)
+        self.data = data
+
+
+class UsageError(CommandFailed):
+    """The command line asks for something that cannot be (exit 2)."""
+
+    exit_code = EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,7 +169,127 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = frontend_commands.add_parser("revoke", help="refuse a frontend from now on")
     revoke.add_argument("name", metavar="NAME")
     revoke.set_defaults(handler=frontend_revoke)
+
+    _add_jobs_commands(commands)
+    _add_actors_commands(commands)
+    _add_software_commands(commands)
+    _add_cache_commands(commands)
+    _add_config_commands(commands)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
+def _add_jobs_commands(commands) -> argparse._SubParsersAction:
+    """
+    `jobs list` and `jobs show` read the database.  Commands that act on
+    running jobs through kreed's admin socket join the same group.
+    """
+    jobs = commands.add_parser(
+        "jobs",
+        help="jobs of all frontends: list, show",
+        description="Jobs of all frontends, read from the database (works whether or not "
+        "kreed runs).",
+    )
+    job_commands = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
+    listing = job_commands.add_parser(
+        "list", help="list jobs, newest first",
+        description="List jobs, newest first; the filters combine.")
+    listing.add_argument("--state", type=str.upper, choices=[s.value for s in JobState],
+                         help="only jobs in this state")
+    listing.add_argument("--frontend", metavar="NAME", help="only this frontend's jobs")
+    listing.add_argument("--user", metavar="USER", help="only this end user's jobs")
+    listing.add_argument("--limit", type=_positive_int, default=100, metavar="N",
+                         help="at most N jobs (default 100, at most 1000)")
+    listing.set_defaults(handler=jobs_list)
+    show = job_commands.add_parser(
+        "show", help="a job's record, parameters, inputs, last messages and events")
+    show.add_argument("job_id", metavar="ID")
+    show.set_defaults(handler=jobs_show)
+    return job_commands
+
+
+def _add_actors_commands(commands) -> None:
+    actors = commands.add_parser(
+        "actors",
+        help="actor classes and their policy: list, allow, restrict",
+        description="The actor classes the engine knows, with the policy kreed applies to "
+        "each: the rule set here, or else the engine's default (ExternalExecution and "
+        "PythonScript are rejected until allowed). Rules take effect for jobs prepared "
+        "from now on.",
+    )
+    actor_commands = actors.add_subparsers(dest="actors_command", metavar="ACTION",
+                                           required=True)
+    actor_commands.add_parser("list", help="list actor classes with their policy").set_defaults(
+        handler=actors_list)
+    allow = actor_commands.add_parser("allow", help="allow an actor class in workflows")
+    allow.add_argument("actor_class", metavar="CLASS", help="full class name")
+    allow.set_defaults(handler=actors_allow)
+    restrict = actor_commands.add_parser(
+        "restrict",
+        help="replace, remove or reject an actor class",
+        description="replace:OTHER runs OTHER in its place, remove drops it from the "
+        "workflow, reject refuses workflows that use it.",
+    )
+    restrict.add_argument("actor_class", metavar="CLASS", help="full class name")
+    restrict.add_argument("--policy", default="reject", metavar="RULE",
+                          help="replace:CLASS, remove or reject (default: reject)")
+    restrict.set_defaults(handler=actors_restrict)
+
+
+def _add_software_commands(commands) -> None:
+    software = commands.add_parser(
+        "software",
+        help="third-party software actors call: list, rescan",
+        description="The registry of third-party software (R, Octave, Matlab, Python) that "
+        "kreed gives jobs and shows in /v1/capabilities.",
+    )
+    software_commands = software.add_subparsers(dest="software_command", metavar="ACTION",
+                                                required=True)
+    software_commands.add_parser("list", help="show the registry").set_defaults(
+        handler=software_list)
+    software_commands.add_parser(
+        "rescan", help="detect the software on this machine and record it").set_defaults(
+        handler=software_rescan)
+
+
+def _add_cache_commands(commands) -> None:
+    cache = commands.add_parser(
+        "cache",
+        help="the workflow cache: list, purge",
+        description="Uploaded and fetched workflows: the index in the database and the "
+        "bodies in <state-dir>/cache/.",
+    )
+    cache_commands = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    cache_commands.add_parser("list", help="list cache entries").set_defaults(handler=cache_list)
+    purge = cache_commands.add_parser(
+        "purge",
+        help="forget one URI or every entry, and delete bodies nothing references",
+        description="Remove index entries (one URI, or all) and the body files no remaining "
+        "entry references. Bodies that unfinished jobs still need are kept. A frontend "
+        "uploads a purged workflow again to use it in new jobs.",
+    )
+    purge.add_argument("uri", metavar="URI", nargs="?", help="only this entry")
+    purge.set_defaults(handler=cache_purge)
+
+
+def _add_config_commands(commands) -> None:
+    config = commands.add_parser(
+        "config", help="configuration files: check",
+        description="Check a kreed configuration file without starting kreed.")
+    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION",
+                                            required=True)
+    check = config_commands.add_parser("check", help="validate FILE and show what it gives")
+    check.add_argument("file", metavar="FILE")
+    check.set_defaults(handler=config_check)
 
 
 def _pool(config: Config) -> DBPool:
@@ -338,6 +499,453 @@ def subscriptions_list(config: Config, args) -> dict[str, Any]:
     return {"subscriptions": rows, "text": table if rows else "no subscriptions"}
 
 
+# -- jobs (read from the database) ---------------------------------------------
+
+SHOW_LAST = 20
+
+
+def _job_json(job, frontend_names: dict[int, str]) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "frontend": frontend_names.get(job.frontend_id),
+        "user": job.user,
+        "state": job.state.value,
+        "paused_from": job.paused_from.value if job.paused_from else None,
+        "workflow": job.workflow_uri,
+        "created": isoformat(job.created_at),
+        "queued": isoformat(job.queued_at),
+        "started": isoformat(job.started_at),
+        "ended": isoformat(job.ended_at),
+        "exit_code": job.exit_code,
+        "error": job.error,
+        "progress": job.progress,
+        "cpu_seconds": job.cpu_seconds,
+        "peak_memory_bytes": job.peak_memory_bytes,
+    }
+
+
+def jobs_list(config: Config, args) -> dict[str, Any]:
+    pool, frontends = _frontends(config)
+    try:
+        known = pool.run_in_thread(frontends.list_thd)
+        names = {f.id: f.name for f in known}
+        frontend_id = None
+        if args.frontend is not None:
+            matches = [f.id for f in known if f.name == args.frontend]
+            if not matches:
+                raise CommandFailed(f"no frontend {args.frontend!r}; `kree-admin frontend list` "
+                                    "shows the registered ones")
+            frontend_id = matches[0]
+        jobs = pool.run_in_thread(JobsStore(pool).list_thd, frontend_id=frontend_id,
+                                  state=args.state, user=args.user, limit=args.limit)
+    finally:
+        pool.stop()
+    rows = [_job_json(job, names) for job in jobs]
+    if not rows:
+        filtered = any(v is not None for v in (args.state, args.frontend, args.user))
+        return {"jobs": [], "text": "no jobs match" if filtered else "no jobs"}
+    text = _table(
+        ["ID", "FRONTEND", "USER", "STATE", "CREATED", "ENDED", "WORKFLOW"],
+        [[r["id"], r["frontend"], r["user"] or "-", r["state"], r["created"], r["ended"] or "-",
+          r["workflow"]] for r in rows],
+    )
+    if len(rows) == args.limit:
+        text += f"\n(the newest {len(rows)}; --limit N shows more)"
+    return {"jobs": rows, "text": text}
+
+
+def _job_show_thd(conn, pool, job_id: str) -> dict[str, Any]:
+    """Everything `jobs show` prints, read in one transaction."""
+    detail = JobsStore(pool).get_detail_thd(conn, job_id)
+    job = detail.job
+    names = {f.id: f.name for f in FrontendsStore(pool).list_thd(conn)}
+    msgs = model.job_messages
+    messages = conn.execute(
+        sa.select(msgs).where(msgs.c.job_id == job_id).order_by(msgs.c.id.desc())
+        .limit(SHOW_LAST)
+    ).all()
+    message_count = conn.execute(
+        sa.select(sa.func.count()).select_from(msgs).where(msgs.c.job_id == job_id)
+    ).scalar_one()
+    events = EventsStore(pool).list_for_job_thd(conn, job_id, max(0, job.last_seq - SHOW_LAST),
+                                                SHOW_LAST)
+    event_count = conn.execute(
+        sa.select(sa.func.count()).select_from(model.events)
+        .where(model.events.c.job_id == job_id)
+    ).scalar_one()
+    record = {
+        **_job_json(job, names),
+        "workflow_sha256": job.workflow_sha256,
+        "priority": job.priority,
+        "running_seconds": round(job.running_time(utcnow()), 3),
+        "job_dir": job.job_dir,
+        "resources": job.resources,
+        "backend": job.backend,
+        "backend_ref": job.backend_ref,
+        "events_consumed": job.events_consumed,
+        "last_seq": job.last_seq,
+    }
+    return {
+        "job": record,
+        "parameters": detail.parameters,
+        "inputs": [
+            {"name": i.name, "uri": i.uri, "status": i.status, "sha256": i.sha256,
+             "size": i.size, "staged": isoformat(i.staged_at)}
+            for i in detail.inputs
+        ],
+        "messages": [
+            {"id": m.id, "time": isoformat(m.time), "level": m.level, "source": m.source,
+             "text": m.text}
+            for m in reversed(messages)
+        ],
+        "message_count": message_count,
+        "events": [e.to_json() for e in events],
+        "event_count": event_count,
+    }
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (dict, list, bool)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _last(what: str, shown: int, total: int) -> str:
+    if shown == total:
+        return f"{what} ({total}):" if total else f"{what}: none"
+    return f"{what} (the last {shown} of {total}):"
+
+
+def jobs_show(config: Config, args) -> dict[str, Any]:
+    pool, _ = _frontends(config)
+    try:
+        shown = pool.run_in_thread(_job_show_thd, pool, args.job_id)
+    except JobNotFound:
+        raise CommandFailed(f"no job {args.job_id!r}; `kree-admin jobs list` shows the jobs"
+                            ) from None
+    finally:
+        pool.stop()
+    lines = [f"job {shown['job']['id']}"]
+    lines += [f"  {key}: {_value(value)}" for key, value in shown["job"].items() if key != "id"]
+    lines.append("parameters:" if shown["parameters"] else "parameters: none")
+    lines += [f"  {name}: {_value(value)}" for name, value in shown["parameters"].items()]
+    lines.append("inputs:" if shown["inputs"] else "inputs: none")
+    lines += [f"  {i['name']}: {i['uri']} ({i['status']}"
+              + (f", sha256 {i['sha256']}, {i['size']} bytes" if i["sha256"] else "") + ")"
+              for i in shown["inputs"]]
+    lines.append(_last("messages", len(shown["messages"]), shown["message_count"]))
+    for m in shown["messages"]:
+        text = m["text"].replace("\n", "\n      ")
+        lines.append(f"  {m['time']} {m['level']} {m['source']}: {text}")
+    lines.append(_last("events", len(shown["events"]), shown["event_count"]))
+    lines += [f"  #{e['seq']} {e['time']} {e['type']} {_value(e['data'])}"
+              for e in shown["events"]]
+    return {**shown, "text": "\n".join(lines)}
+
+
+# -- actors and their policy ---------------------------------------------------
+
+ENGINE_TIMEOUT_SECONDS = 60
+
+
+def _engine_json(command: str, timeout: float = ENGINE_TIMEOUT_SECONDS) -> Any:
+    """Run `python -m kree.engine COMMAND` (the engine's own view) and parse its JSON."""
+    shown = f"{sys.executable} -m kree.engine {command}"
+    try:
+        result = subprocess.run([sys.executable, "-m", "kree.engine", command],
+                                capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise CommandFailed(f"`{shown}` did not finish within {timeout:g} s; run it by hand "
+                            "to see where it hangs") from None
+    except OSError as e:
+        raise CommandFailed(f"cannot run `{shown}`: {e.strerror}") from None
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no error output"])[-1]
+        raise CommandFailed(f"`{shown}` failed (exit {result.returncode}): {last}; run it by "
+                            "hand for the whole output")
+    try:
+        return json.loads(result.stdout)
+    except ValueError:
+        raise CommandFailed(f"`{shown}` did not print JSON; run it by hand to see what it "
+                            "printed") from None
+
+
+def _engine_actors() -> dict[str, Any]:
+    described = _engine_json("actors")
+    if not isinstance(described, dict) or not isinstance(described.get("actors"), list):
+        raise CommandFailed("`python -m kree.engine actors` printed no actor list")
+    return described
+
+
+def _software_text(actor: dict[str, Any]) -> str:
+    needed = list(actor.get("software") or [])
+    if actor.get("software_any"):
+        needed.append("|".join(actor["software_any"]))
+    return ", ".join(needed) or "-"
+
+
+def actors_list(config: Config, args) -> dict[str, Any]:
+    described = _engine_actors()
+    pool, _ = _frontends(config)
+    try:
+        rules = pool.run_in_thread(PoliciesStore(pool).all_thd)
+    finally:
+        pool.stop()
+    policy = {**DEFAULT_POLICY, **rules}
+    rows = [
+        {
+            "class": actor["class"],
+            "package": actor.get("package"),
+            "policy": policy.get(actor["class"], "allow"),
+            "policy_from": ("rule" if actor["class"] in rules
+                            else "default" if actor["class"] in DEFAULT_POLICY else "allow"),
+            "software": actor.get("software") or [],
+            "software_any": actor.get("software_any") or [],
+            "doc": actor.get("doc", ""),
+        }
+        for actor in described["actors"]
+    ]
+    known = {row["class"] for row in rows}
+    other_rules = {name: rule for name, rule in rules.items() if name not in known}
+    problems = list(described.get("problems") or [])
+    for problem in problems:
+        _warn(f"loading actor packages: {problem}")
+    text = _table(["CLASS", "PACKAGE", "POLICY", "SOFTWARE"],
+                  [[r["class"], r["package"] or "-", r["policy"], _software_text(r)]
+                   for r in rows]) if rows else "the engine knows no actor classes"
+    if other_rules:
+        text += "\nrules for classes the engine does not know (they apply if a package adds " \
+                "them):\n" + "\n".join(f"  {name}: {rule}" for name, rule in other_rules.items())
+    return {"actors": rows, "other_rules": other_rules, "problems": problems, "text": text}
+
+
+def _set_rule(config: Config, actor_class: str, rule: str) -> dict[str, Any]:
+    if not actor_class or any(c.isspace() for c in actor_class):
+        raise UsageError(f"actor class {actor_class!r}: give the full class name, such as "
+                         "ptolemy.actor.lib.python.PythonScript")
+    known = {actor["class"] for actor in _engine_actors()["actors"]}
+    if actor_class not in known:
+        _warn(f"{actor_class} is not a class the engine knows; the rule applies if a package "
+              "adds it")
+    replacement = rule.removeprefix("replace:") if rule.startswith("replace:") else None
+    if replacement is not None and replacement not in known:
+        _warn(f"the replacement {replacement} is not a class the engine knows; it works only "
+              "if a package adds it")
+    pool, _ = _frontends(config)
+    policies = PoliciesStore(pool)
+    try:
+        def change_thd(conn):
+            before = policies.all_thd(conn).get(actor_class)
+            policies.set_thd(conn, actor_class, rule)
+            return before
+
+        before = pool.run_in_thread(change_thd)
+    finally:
+        pool.stop()
+    previous = before or DEFAULT_POLICY.get(actor_class, "allow")
+    change = (f"{previous} (unchanged)" if previous == rule else f"{previous} -> {rule}")
+    return {
+        "class": actor_class,
+        "policy": rule,
+        "previous": previous,
+        "known": actor_class in known,
+        "message": f"{actor_class}: {change}; applies to jobs prepared from now on",
+    }
+
+
+def _check_rule_arg(rule: str) -> None:
+    if not valid_policy(rule):
+        raise UsageError(f"policy {rule!r} is not valid: use replace:CLASS (run CLASS in its "
+                         "place), remove (drop it from the workflow) or reject (refuse "
+                         "workflows that use it)")
+
+
+def actors_allow(config: Config, args) -> dict[str, Any]:
+    return _set_rule(config, args.actor_class, "allow")
+
+
+def actors_restrict(config: Config, args) -> dict[str, Any]:
+    _check_rule_arg(args.policy)
+    if args.policy == "allow":
+        raise UsageError(f"restrict takes replace:CLASS, remove or reject; to allow "
+                         f"{args.actor_class} use `kree-admin actors allow {args.actor_class}`")
+    return _set_rule(config, args.actor_class, args.policy)
+
+
+# -- third-party software ------------------------------------------------------
+
+SOFTWARE_TIMEOUT_SECONDS = engine_software.TIMEOUT_SECONDS * len(engine_software.PROGRAMS) + 30
+
+
+def _software_rows(registry: dict[str, dict[str, Any] | None]) -> list[dict[str, Any]]:
+    return [
+        {"name": name, "installed": entry is not None,
+         "path": entry["path"] if entry else None,
+         "version": entry.get("version") if entry else None}
+        for name, entry in registry.items()
+    ]
+
+
+def _software_table(rows: list[dict[str, Any]]) -> str:
+    return _table(["NAME", "PATH", "VERSION"],
+                  [[r["name"], r["path"] or "not installed", r["version"] or "-"] for r in rows])
+
+
+def software_list(config: Config, args) -> dict[str, Any]:
+    pool, _ = _frontends(config)
+    try:
+        registry = pool.run_in_thread(PoliciesStore(pool).software_thd)
+    finally:
+        pool.stop()
+    rows = _software_rows(registry)
+    if not rows:
+        return {"software": [],
+                "message": "the software registry is empty; run `kree-admin software rescan` to "
+                "detect " + ", ".join(engine_software.PROGRAMS)}
+    return {"software": rows, "text": _software_table(rows)}
+
+
+def software_rescan(config: Config, args) -> dict[str, Any]:
+    # Open the database first: a database behind fails before the slow part.
+    pool, _ = _frontends(config)
+    try:
+        print(f"detecting {', '.join(engine_software.PROGRAMS)} ...", file=sys.stderr,
+              flush=True)
+        found = _engine_json("software", SOFTWARE_TIMEOUT_SECONDS)
+        if not isinstance(found, dict) or not all(
+                entry is None or (isinstance(entry, dict) and entry.get("path"))
+                for entry in found.values()):
+            raise CommandFailed("`python -m kree.engine software` printed no registry")
+        print("done", file=sys.stderr, flush=True)
+        pool.run_in_thread(PoliciesStore(pool).record_software_thd, found)
+        registry = pool.run_in_thread(PoliciesStore(pool).software_thd)
+    finally:
+        pool.stop()
+    rows = _software_rows(registry)
+    return {"software": rows, "text": _software_table(rows) if rows else "no software known"}
+
+
+# -- the workflow cache ------------------------------------------------------------
+
+SHA256_NAME = re.compile(r"[0-9a-f]{64}")
+
+
+def _cache_entry_json(entry, cache_dir) -> dict[str, Any]:
+    return {
+        "uri": entry.uri,
+        "sha256": entry.sha256,
+        "size": entry.size,
+        "etag": entry.etag,
+        "last_modified": entry.last_modified,
+        "fetched": isoformat(entry.fetched_at),
+        "checked": isoformat(entry.checked_at),
+        "body_present": (cache_dir / entry.sha256).is_file(),
+    }
+
+
+def cache_list(config: Config, args) -> dict[str, Any]:
+    pool, _ = _frontends(config)
+    try:
+        entries = pool.run_in_thread(CacheStore(pool).list_thd)
+    finally:
+        pool.stop()
+    rows = [_cache_entry_json(e, config.cache_dir) for e in entries]
+    if not rows:
+        return {"entries": [], "text": "the cache is empty"}
+    text = _table(["URI", "SHA256", "SIZE", "FETCHED", "CHECKED"],
+                  [[r["uri"], r["sha256"], r["size"], r["fetched"], r["checked"]] for r in rows])
+    missing = [r["uri"] for r in rows if not r["body_present"]]
+    if missing:
+        text += f"\n{len(missing)} entr{'y has' if len(missing) == 1 else 'ies have'} no body " \
+                f"file in {config.cache_dir}: {', '.join(missing)}"
+    return {"entries": rows, "text": text}
+
+
+def _purge_thd(conn, pool, uri: str | None):
+    """
+    Remove the entries; the hashes still indexed, and those that unfinished
+    jobs (uploaded kree:workflow/ URIs) still need.
+    """
+    cache = CacheStore(pool)
+    purged_sha = None
+    if uri is not None:
+        entry = cache.get_thd(conn, uri)
+        if entry is None:
+            raise CommandFailed(f"no cache entry for {uri!r}; `kree-admin cache list` shows them")
+        purged_sha = entry.sha256
+    removed = cache.purge_thd(conn, uri)
+    remaining = {entry.sha256 for entry in cache.list_thd(conn)}
+    jobs = model.jobs
+    rows = conn.execute(sa.select(jobs.c.workflow_uri).where(
+        jobs.c.state.not_in([state.value for state in TERMINAL_STATES])))
+    needed = {jobspec.uploaded_workflow_sha256(workflow) for (workflow,) in rows} - {None}
+    return removed, purged_sha, remaining, needed
+
+
+def cache_purge(config: Config, args) -> dict[str, Any]:
+    pool, _ = _frontends(config)
+    try:
+        removed, purged_sha, remaining, needed = pool.run_in_thread(_purge_thd, pool, args.uri)
+    finally:
+        pool.stop()
+    cache_dir = config.cache_dir
+    if args.uri is not None:
+        candidates = [cache_dir / purged_sha]
+    else:
+        candidates = sorted(cache_dir.iterdir()) if cache_dir.is_dir() else []
+    deleted, kept = [], []
+    for path in candidates:
+        if not SHA256_NAME.fullmatch(path.name) or not path.is_file():
+            continue
+        if path.name in remaining:
+            continue
+        if path.name in needed:
+            kept.append(path.name)
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise CommandFailed(f"purged {removed} entries but cannot delete {path}: "
+                                f"{e.strerror}; check its permissions and run purge again"
+                                ) from None
+        deleted.append(path.name)
+    message = (f"purged {removed} entr{'y' if removed == 1 else 'ies'} and "
+               f"{len(deleted)} file{'' if len(deleted) == 1 else 's'}")
+    if kept:
+        message += (f"; kept {len(kept)} file{'' if len(kept) == 1 else 's'} that unfinished "
+                    "jobs still need")
+    return {"entries": removed, "files": len(deleted), "deleted": deleted, "kept": kept,
+            "message": message}
+
+
+# -- configuration ------------------------------------------------------------------
+
+
+def config_check(config: Config, args) -> dict[str, Any]:
+    try:
+        checked = load_config(args.file, state_dir=args.state_dir)
+    except ConfigError as e:
+        raise CommandFailed(f"{args.file} is not valid:\n  " + "\n  ".join(e.problems),
+                            valid=False, problems=e.problems) from None
+    try:
+        url = sa.engine.make_url(checked.store_url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        problem = f"store.url: {checked.store.url!r} is not a database URL"
+        raise CommandFailed(f"{args.file} is not valid:\n  {problem}", valid=False,
+                            problems=[problem]) from None
+    return {
+        "valid": True,
+        "file": str(checked.source),
+        "state_dir": str(checked.state_dir),
+        "store_url": url,
+        "message": f"{args.file}: valid\n  state dir: {checked.state_dir}\n  store: {url}",
+    }
+
+
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip()
@@ -355,7 +963,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_USAGE)
     try:
         result = args.handler(config, args)
-    except (CommandFailed, KreeError) as e:
+    except CommandFailed as e:
+        _fail(args, str(e), e.exit_code, e.data)
+    except KreeError as e:
         _fail(args, str(e))
     except Exception as e:
         # Database errors and the like: say what happened, not a traceback.
@@ -369,8 +979,13 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(EXIT_OK)
 
 
-def _fail(args, message: str) -> None:
+def _fail(args, message: str, code: int = EXIT_FAILED,
+          data: dict[str, Any] | None = None) -> None:
     if args.json:
-        print(json.dumps({"error": message}, indent=2))
+        print(json.dumps({**(data or {}), "error": message}, indent=2, sort_keys=True))
     print(f"kree-admin: {message}", file=sys.stderr)
-    sys.exit(EXIT_FAILED)
+    sys.exit(code)
+
+
+def _warn(message: str) -> None:
+    print(f"kree-admin: warning: {message}", file=sys.stderr)
