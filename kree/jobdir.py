@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from kree import jobspec
 from kree.errors import KreeError
 
 
@@ -34,28 +34,24 @@ def _write(path: Path, data: bytes) -> None:
         raise
 
 
-def workflow_source(uri: str, cache_dir: Path) -> Path:
-    sha256 = jobspec.uploaded_workflow_sha256(uri)
-    if sha256 is None:
-        scheme = uri.split(":", 1)[0]
-        raise PreparationFailed(
-            f"{scheme}: workflows cannot be fetched by this version of KREE yet; "
-            "upload the document with POST /v1/workflows and use its kree:workflow/ URI")
-    path = cache_dir / sha256
-    if not path.is_file():
-        raise PreparationFailed(f"the uploaded workflow {uri} is missing from the cache")
-    return path
-
-
 def prepare(job_dir: Path, *, workflow: Path, parameters: dict[str, Any],
-            policy: dict[str, str], inputs: list) -> None:
-    if inputs:
-        names = ", ".join(i.name for i in inputs)
-        raise PreparationFailed(
-            f"inputs ({names}) cannot be staged by this version of KREE yet")
+            policy: dict[str, str], inputs: dict[str, Path]) -> None:
+    """
+    Write the job directory.  C{inputs} maps input names (checked at
+    creation: plain file names) to staged files in the cache; each is
+    copied in, so the job keeps its data whatever the cache does later.
+    """
+    if not workflow.is_file():
+        raise PreparationFailed("the workflow version this job was created with is no "
+                                "longer in the cache (purged?)")
     job_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     for part in ("products", "inputs", "answers"):
         (job_dir / part).mkdir(mode=0o700, exist_ok=True)
     _write(job_dir / "workflow.xml", workflow.read_bytes())
     _write(job_dir / "parameters.json", json.dumps(parameters).encode())
     _write(job_dir / "policy.json", json.dumps(policy).encode())
+    for name, source in inputs.items():
+        target = job_dir / "inputs" / name
+        if target.parent != job_dir / "inputs":
+            raise PreparationFailed(f"input name {name!r} would leave the job directory")
+        shutil.copyfile(source, target)

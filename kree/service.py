@@ -18,6 +18,8 @@ from kree import __version__, credentials, pki
 from kree.admin.server import AdminSocketService
 from kree.api.site import ApiService
 from kree.config import Config
+from kree.fetch import Fetcher
+from kree.validation import WorkflowChecker
 from kree.events import DeliveryService
 from kree.jobs import JobService
 from kree.store import Store
@@ -137,12 +139,16 @@ class KreeDaemon(AsyncMultiService):
         if dev:
             DevCredentialsService(config, self.store, reactor).setServiceParent(self)
         self.jobs = JobService(self.store, reactor, config.jobs_dir)
+        self.fetcher = Fetcher(config, self.store, reactor)
+        self.checker = WorkflowChecker(reactor)
         self.supervisor = Supervisor(config, self.store, self.jobs, reactor,
+                                     fetcher=self.fetcher,
                                      stop_jobs_on_exit=stop_jobs_on_exit)
         self.supervisor.setServiceParent(self)
         self.deliveries = DeliveryService(config, self.store, self.jobs, reactor)
         self.deliveries.setServiceParent(self)
-        self.api = ApiService(config, self.store, self.jobs, self.supervisor, reactor)
+        self.api = ApiService(config, self.store, self.jobs, self.supervisor, reactor,
+                              fetcher=self.fetcher, checker=self.checker)
         self.api.setServiceParent(self)
         AdminSocketService(self, config.admin_socket, reactor).setServiceParent(self)
 
@@ -153,3 +159,7 @@ class KreeDaemon(AsyncMultiService):
             state_dir=str(self.config.state_dir),
         )
         return super().startService()
+
+    async def _stop_children(self) -> None:
+        await super()._stop_children()
+        await self.fetcher.close()

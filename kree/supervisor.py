@@ -48,8 +48,9 @@ VANISHED = "the engine exited without reporting its end (killed?)"
 class Supervisor(Service):
     log = Logger()
 
-    def __init__(self, config, store, jobs, reactor, *, backend=None,
+    def __init__(self, config, store, jobs, reactor, *, fetcher, backend=None,
                  stop_jobs_on_exit: bool = False) -> None:
+        self._fetcher = fetcher
         self._config = config
         self._store = store
         self._jobs = jobs
@@ -205,14 +206,25 @@ class Supervisor(Service):
 
     async def _start_job(self, job: Job) -> None:
         async with self._lock(job.id):
+            self._running_frontend[job.id] = job.frontend_id  # the slot is taken
+            try:
+                staged = await self._stage_inputs(job)
+            except KreeError as e:
+                self._running_frontend.pop(job.id, None)
+                try:
+                    await self._jobs.apply(job.id, Action.FAIL, reason=e.message,
+                                           updates={"error": e.message})
+                except (InvalidTransition, JobNotFound):
+                    pass
+                return
             try:
                 job = await self._jobs.apply(job.id, Action.DISPATCH, reason="dispatched",
                                              updates={"backend": self.backend.name})
             except (InvalidTransition, JobNotFound):
+                self._running_frontend.pop(job.id, None)
                 return  # paused, stopped or deleted since it was queued
-            self._running_frontend[job.id] = job.frontend_id
             try:
-                await self._prepare(job)
+                await self._prepare(job, staged)
                 ref = await self.backend.start(job)
                 await self._store.jobs.update_runtime(job.id, backend_ref=ref)
             except Exception as e:
@@ -226,14 +238,35 @@ class Supervisor(Service):
                 except (InvalidTransition, JobNotFound):
                     pass
 
-    async def _prepare(self, job: Job) -> None:
+    async def _stage_inputs(self, job: Job) -> dict[str, Path]:
+        """
+        Fetch the job's inputs (the cache answers for those it has) while the
+        job is still QUEUED; a failure fails the job with the reason.
+        """
+        detail = await self._store.jobs.get_detail(job.id)
+        if not detail.inputs:
+            return {}
+        await self._jobs.add_message(job.id, "staging inputs: " + ", ".join(
+            i.name for i in detail.inputs))
+        staged = {}
+        for item in detail.inputs:
+            result = await self._fetcher.fetch(item.uri)
+            staged[item.name] = result.path
+            await self._store.jobs.record_staged(job.id, item.name, result.sha256, result.size)
+            await self._jobs.add_message(
+                job.id, f"staged input {item.name} ({result.size} bytes, "
+                        f"{'fetched' if result.fetched else 'from the cache'})")
+        return staged
+
+    async def _prepare(self, job: Job, staged: dict[str, Path]) -> None:
         detail = await self._store.jobs.get_detail(job.id)
         policy = await self._store.policies.all()
-        workflow = jobdir.workflow_source(job.workflow_uri, self._config.cache_dir)
+        if job.workflow_sha256 is None:
+            raise jobdir.PreparationFailed("the job has no fetched workflow version")
         await deferToThreadPool(
             self._reactor, self._reactor.getThreadPool(), jobdir.prepare, Path(job.job_dir),
-            workflow=workflow, parameters=detail.parameters, policy=policy,
-            inputs=detail.inputs)
+            workflow=self._fetcher.cache_path(job.workflow_sha256),
+            parameters=detail.parameters, policy=policy, inputs=staged)
 
     # -- what the engine reports (EngineObserver) ---------------------------------------
 

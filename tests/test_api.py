@@ -21,6 +21,12 @@ MOML = (
     b'    "http://ptolemy.eecs.berkeley.edu/xml/dtd/MoML_1.dtd">\n'
     b'<entity name="hello" class="ptolemy.actor.TypedCompositeActor">\n'
     b'  <property name="SDF Director" class="ptolemy.domains.sdf.kernel.SDFDirector"/>\n'
+    b'  <entity name="Ramp" class="ptolemy.actor.lib.Ramp"/>\n'
+    b'  <entity name="Const" class="ptolemy.actor.lib.Const"/>\n'
+    b'  <entity name="Display" class="ptolemy.actor.lib.gui.Display"/>\n'
+    b'  <relation name="r"/><relation name="c"/>\n'
+    b'  <link port="Ramp.output" relation="r"/><link port="Display.input" relation="r"/>\n'
+    b'  <link port="Const.output" relation="c"/><link port="Display.input" relation="c"/>\n'
     b"</entity>\n"
 )
 XML = {"Content-Type": "application/xml"}
@@ -324,14 +330,15 @@ def test_state_actions_through_the_machine(portal, workflow):
 
 
 def test_parameters_inputs_and_resources_only_while_new(portal, workflow):
-    job = new_job(portal, workflow, parameters={".m.a.x": 1, ".m.a.y": 2})
+    job = new_job(portal, workflow, parameters={".hello.Ramp.init": 1, ".hello.Ramp.step": 2})
     path = f"/v1/jobs/{job['id']}"
-    reply = portal.patch(f"{path}/parameters", {"parameters": {".m.a.x": 10, ".m.a.y": None}})
-    assert reply.json == {"id": job["id"], "parameters": {".m.a.x": 10}}
-    assert portal.get(f"{path}/parameters").json["parameters"] == {".m.a.x": 10}
-    assert portal.patch(f"{path}/parameters", {".m.b.z": "s"}).json["parameters"] == {
-        ".m.a.x": 10, ".m.b.z": "s"}
+    reply = portal.patch(f"{path}/parameters", {"parameters": {".hello.Ramp.init": 10, ".hello.Ramp.step": None}})
+    assert reply.json == {"id": job["id"], "parameters": {".hello.Ramp.init": 10}}
+    assert portal.get(f"{path}/parameters").json["parameters"] == {".hello.Ramp.init": 10}
+    assert portal.patch(f"{path}/parameters", {".hello.Const.value": "s"}).json["parameters"] == {
+        ".hello.Ramp.init": 10, ".hello.Const.value": "s"}
     assert portal.patch(f"{path}/parameters", {"parameters": {"bad": 1}}).status == 422
+    assert portal.patch(f"{path}/parameters", {".hello.Nope.x": 1}).error == "invalid_parameter"
     reply = portal.put(f"{path}/inputs/table.csv", {"uri": "https://data.example.org/t.csv"})
     assert reply.json == {"id": job["id"], "name": "table.csv",
                           "uri": "https://data.example.org/t.csv", "status": "pending"}
@@ -344,13 +351,13 @@ def test_parameters_inputs_and_resources_only_while_new(portal, workflow):
     assert reply.json["resources"] == {"walltime": 3600, "priority": 5, "backend": "local"}
     assert portal.put(f"{path}/resources", {"backend": "cloud"}).status == 422
     portal.post(f"{path}/queue")
-    for reply in (portal.patch(f"{path}/parameters", {".m.a.x": 3}),
+    for reply in (portal.patch(f"{path}/parameters", {".hello.Ramp.init": 3}),
                   portal.put(f"{path}/inputs/late.csv", {"uri": "https://x.org/a"}),
                   portal.put(f"{path}/resources", {"cpus": 1})):
         assert reply.status == 409 and reply.error == "invalid_state"
         assert "only while NEW" in reply.json["error"]["message"]
     record = portal.get(path).json
-    assert record["parameters"] == {".m.a.x": 10, ".m.b.z": "s"}
+    assert record["parameters"] == {".hello.Ramp.init": 10, ".hello.Const.value": "s"}
     assert set(record["inputs"]) == {"table.csv"}
 
 

@@ -19,7 +19,11 @@ from kree import pki
 
 WORKFLOW = (
     '<?xml version="1.0"?>\n'
-    '<entity name="hello" class="ptolemy.actor.TypedCompositeActor"></entity>\n'
+    '<entity name="hello" class="ptolemy.actor.TypedCompositeActor">'
+    '<property name="SDF Director" class="ptolemy.domains.sdf.kernel.SDFDirector"/>'
+    + "".join(f'<property name="{name}" value="1"/>'
+              for name in ("step", "name", "quoted", "values", "flag"))
+    + "</entity>\n"
 )
 TIMEOUT = 30
 

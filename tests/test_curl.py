@@ -5,6 +5,7 @@ End to end with curl (a client we did not write) and the certificates that
 
 import json
 import shlex
+from pathlib import Path
 import shutil
 import signal
 import subprocess
@@ -63,8 +64,8 @@ def test_curl_drives_a_job(dev_kreed, tmp_path):
     url = command[-1].rsplit("/v1/", 1)[0]
     tls = command[1:-1]  # --cacert ... --cert ... --key ...
     workflow = tmp_path / "hello.xml"
-    workflow.write_text('<?xml version="1.0"?>\n<entity name="hello" '
-                        'class="ptolemy.actor.TypedCompositeActor"/>\n')
+    workflow.write_bytes((Path(__file__).parent.parent / "workflows" / "sleep-loop.xml")
+                         .read_bytes())
     upload = curl(*tls, "-H", "Content-Type: application/xml", "--data-binary", f"@{workflow}",
                   f"{url}/v1/workflows")
     uri = json.loads(upload.stdout)["uri"]

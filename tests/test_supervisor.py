@@ -97,19 +97,31 @@ def test_a_failing_workflow_ends_failed_with_its_reason(portal):
     assert "counter reached its limit" in state["error"]
 
 
-def test_an_invalid_workflow_fails_with_the_engine_problems(portal):
+def test_an_invalid_workflow_is_refused_at_creation_with_the_engine_problems(portal):
     data = b'<entity name="m"><entity name="X" class="org.example.Nope"/></entity>'
     uri = portal.post("/v1/workflows", body=data,
                       headers={"Content-Type": "application/xml"}).json["uri"]
-    job = portal.post("/v1/jobs", {"workflow": uri, "queue": True}).json
-    state = wait_for_state(portal, job["id"], TERMINAL)
-    assert state["state"] == "FAILED" and "org.example.Nope" in state["error"]
+    reply = portal.post("/v1/jobs", {"workflow": uri, "queue": True})
+    assert reply.status == 422 and reply.error == "invalid_workflow"
+    assert any("org.example.Nope" in p for p in reply.json["error"]["details"]["problems"])
 
 
-def test_unfetchable_workflows_fail_with_a_clear_reason(portal):
-    job = portal.post("/v1/jobs", {"workflow": "https://example.org/wf.xml", "queue": True}).json
-    state = wait_for_state(portal, job["id"], TERMINAL)
-    assert state["state"] == "FAILED" and "cannot be fetched" in state["error"]
+def test_unknown_parameter_names_are_refused_and_defaults_shown(portal):
+    job = submit(portal, "arithmetic.xml", queue=False)
+    defaults = portal.get(f"/v1/jobs/{job['id']}/parameters").json["defaults"]
+    assert defaults[".arithmetic.offset"] == "10"
+    assert defaults[".arithmetic.SDF Director.iterations"] == "5"
+    reply = portal.patch(f"/v1/jobs/{job['id']}/parameters", {".arithmetic.nope": 1})
+    assert reply.status == 422 and reply.error == "invalid_parameter"
+    uri = job["workflow"]
+    reply = portal.post("/v1/jobs", {"workflow": uri, "parameters": {".arithmetic.Ramp.nope": 1}})
+    assert reply.status == 422 and reply.json["error"]["details"]["unknown"] == [
+        ".arithmetic.Ramp.nope"]
+
+
+def test_unfetchable_workflows_are_refused_at_creation(portal):
+    reply = portal.post("/v1/jobs", {"workflow": "https://no-such-host.invalid/wf.xml"})
+    assert reply.status == 422 and reply.error == "uri_not_allowed"
 
 
 def test_stop_is_graceful_and_kill_is_not(portal):

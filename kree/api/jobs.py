@@ -120,7 +120,10 @@ def _list_products(products_dir: Path) -> list[dict[str, Any]]:
 
 
 class JobsApi:
-    def __init__(self, store, jobs, supervisor, waiters, reactor, threadpool) -> None:
+    def __init__(self, store, jobs, supervisor, waiters, reactor, threadpool, *, fetcher,
+                 checker) -> None:
+        self._fetcher = fetcher
+        self._checker = checker
         self._store = store
         self._jobs = jobs
         self._supervisor = supervisor
@@ -172,11 +175,17 @@ class JobsApi:
         queue = body.get("queue", False)
         if not isinstance(queue, bool):
             raise ApiError(422, "invalid_request", "queue must be true or false")
-        sha256 = jobspec.uploaded_workflow_sha256(workflow)
-        if sha256 is not None and await self._store.cache.get(workflow) is None:
+        if (jobspec.uploaded_workflow_sha256(workflow) is not None
+                and await self._store.cache.get(workflow) is None):
             raise ApiError(422, "workflow_not_found",
                            f"no uploaded workflow {workflow}: upload it with POST /v1/workflows",
                            workflow=workflow)
+        # Fetch (a conditional request when cached) and check it now, so a
+        # frontend hears about a bad workflow or parameter at once.
+        fetched = await self._fetcher.fetch(workflow)
+        checked = await self._check(fetched.path, fetched.sha256)
+        self._check_parameter_names(checked, parameters)
+        sha256 = fetched.sha256
         job = await self._jobs.create(
             call.frontend.id,
             workflow,
@@ -193,6 +202,28 @@ class JobsApi:
         detail = await self._store.jobs.get_detail(job.id, call.frontend.id)
         return Response(201, job_record(detail, self._jobs.now()),
                         {"location": f"/v1/jobs/{job.id}"}, job_id=job.id)
+
+    async def _check(self, path, sha256: str):
+        checked = await self._checker.check(path, sha256, await self._store.policies.all())
+        if not checked.valid:
+            raise ApiError(422, "invalid_workflow", "the workflow cannot run: "
+                           + "; ".join(checked.problems[:10]), problems=checked.problems)
+        return checked
+
+    @staticmethod
+    def _check_parameter_names(checked, parameters: dict[str, Any]) -> None:
+        unknown = sorted(name for name in parameters if name not in checked.parameters)
+        if unknown:
+            raise ApiError(422, "invalid_parameter",
+                           f"the workflow has no parameter {', '.join(unknown)}",
+                           unknown=unknown)
+
+    async def _checked_for(self, job: Job):
+        """The check of the workflow version a job was created with (cached)."""
+        if job.workflow_sha256 is None:
+            return None
+        path = self._fetcher.cache_path(job.workflow_sha256)
+        return await self._check(path, job.workflow_sha256)
 
     async def list(self, call: Call) -> dict[str, Any]:
         state = call.query("state")
@@ -247,12 +278,18 @@ class JobsApi:
     async def get_parameters(self, call: Call) -> dict[str, Any]:
         job = await self._job(call)
         detail = await self._store.jobs.get_detail(job.id, call.frontend.id)
-        return {"id": job.id, "parameters": detail.parameters}
+        checked = await self._checked_for(job)
+        defaults = {name: row["default"] for name, row in (checked.parameters if checked else {}).items()}
+        return {"id": job.id, "parameters": detail.parameters, "defaults": defaults}
 
     async def patch_parameters(self, call: Call) -> dict[str, Any]:
         job = await self._job(call)
         body = call.json_object()
         parameters = jobspec.check_parameters(body.get("parameters", body), allow_null=True)
+        checked = await self._checked_for(job)
+        if checked is not None:
+            self._check_parameter_names(checked, {k: v for k, v in parameters.items()
+                                                  if v is not None})
         detail = await self._store.jobs.update_new(
             job.id, what="set parameters", frontend_id=call.frontend.id, parameters=parameters
         )

@@ -19,12 +19,13 @@ from kree.api.workflows import WorkflowsApi
 from kree.events import EventWaiters
 
 
-def build_site(config, store, jobs, supervisor, reactor) -> ApiSite:
+def build_site(config, store, jobs, supervisor, reactor, fetcher, checker) -> ApiSite:
     threadpool = reactor.getThreadPool()
     waiters = EventWaiters(reactor)
     jobs.add_observer(waiters.observe)
     router = Router()
-    JobsApi(store, jobs, supervisor, waiters, reactor, threadpool).register(router)
+    JobsApi(store, jobs, supervisor, waiters, reactor, threadpool, fetcher=fetcher,
+            checker=checker).register(router)
     WorkflowsApi(store, config.cache_dir, reactor, threadpool).register(router)
     InfoApi(config, jobs, store, reactor).register(router)
     SubscriptionsApi(config, store, reactor).register(router)
@@ -36,7 +37,9 @@ class ApiService(Service):
 
     log = Logger()
 
-    def __init__(self, config, store, jobs, supervisor, reactor) -> None:
+    def __init__(self, config, store, jobs, supervisor, reactor, *, fetcher, checker) -> None:
+        self._fetcher = fetcher
+        self._checker = checker
         self._config = config
         self._store = store
         self._jobs = jobs
@@ -51,7 +54,8 @@ class ApiService(Service):
     async def _start(self) -> None:
         options = tls.server_options(self._config)
         host, port = self._config.listen_host_port
-        site = build_site(self._config, self._store, self._jobs, self._supervisor, self._reactor)
+        site = build_site(self._config, self._store, self._jobs, self._supervisor, self._reactor,
+                          self._fetcher, self._checker)
         endpoint = SSL4ServerEndpoint(self._reactor, port, options, interface=host)
         self.port = await endpoint.listen(site)
         self.log.info(

@@ -76,6 +76,7 @@ def command_validate(args) -> int:
         result["director"] = checked.model.director.class_name
         result["actors"] = [{"name": a.full_name, "class": a.class_name}
                             for a in checked.model.actors]
+        result["parameters"] = checked.model.parameter_table()
     _print(result)
     return 0 if result["valid"] else EXIT_FAILED
 

@@ -404,6 +404,15 @@ class JobsStore:
         )
         return [JobInput(r.name, r.uri, r.status, r.sha256, r.size, r.staged_at) for r in rows]
 
+    async def record_staged(self, job_id: str, name: str, sha256: str, size: int) -> None:
+        await self._pool.run(self.record_staged_thd, job_id, name, sha256, size)
+
+    def record_staged_thd(self, conn, job_id: str, name: str, sha256: str, size: int,
+                          now: datetime.datetime | None = None) -> None:
+        inputs = model.job_inputs
+        conn.execute(inputs.update().where(inputs.c.job_id == job_id, inputs.c.name == name)
+                     .values(status="staged", sha256=sha256, size=size, staged_at=now or utcnow()))
+
     # -- changes allowed only while NEW ----------------------------------------
 
     async def update_new(self, job_id: str, **kwargs) -> JobDetail:
