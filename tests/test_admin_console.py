@@ -235,7 +235,9 @@ def test_cache_list_and_purge(tmp_path):
         store.pool.run_in_thread(record, f"kree:workflow/{needed}", sha256=needed, size=9)
         # A queued job still needs its uploaded workflow.
         frontend = store.pool.run_in_thread(store.frontends.add_thd, "portal", "ab" * 32)
-        job = make_job(store, frontend, 1, workflow_uri=f"kree:workflow/{needed}")
+        # Jobs record the workflow version they were created with.
+        job = make_job(store, frontend, 1, workflow_uri=f"kree:workflow/{needed}",
+                       workflow_sha256=needed)
         transition(store, job.id, Action.QUEUE)
     finally:
         store.stop()

@@ -123,3 +123,49 @@ def test_purge_reports_progress_and_removes_jobs(server):
 def test_no_daemon_means_a_clear_error(tmp_path):
     with pytest.raises(client.DaemonNotRunning, match="start it with `kreed`"):
         client.call(tmp_path / "admin.sock", "ping")
+
+
+def admin(server, *args):
+    return server.admin(*args)
+
+
+def test_kree_admin_status_and_actions_with_the_daemon_up(server):
+    result = admin(server, "--json", "status")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["daemon"] == "up" and status["max_running"] == 2
+    assert "kreed" in admin(server, "status").stdout
+    portal = server.client("portal")
+    job = submit(portal, "sleep-loop.xml", parameters={".sleeper.period": 100})
+    wait_for_state(portal, job["id"], "RUNNING")
+    result = admin(server, "jobs", "pause", job["id"])
+    assert result.returncode == 0 and "PAUSED (from RUNNING)" in result.stdout
+    result = admin(server, "jobs", "pause", job["id"])
+    assert result.returncode == 1 and "cannot pause" in result.stderr
+    assert admin(server, "--json", "jobs", "kill", job["id"]).returncode == 0
+    result = admin(server, "jobs", "purge", "--older-than", "0s")
+    assert result.returncode == 0 and "through kreed" in result.stdout
+    assert "purging:" in result.stderr
+    assert portal.get(f"/v1/jobs/{job['id']}").status == 404
+    assert admin(server, "jobs", "purge", "--older-than", "soon").returncode == 2
+
+
+def test_kree_admin_without_the_daemon(tmp_path):
+    down = LiveKree(tmp_path, frontends=("portal",), config_text=CONFIG)
+    result = down.admin("status")
+    assert result.returncode == 1 and "start it with `kreed`" in result.stderr
+    result = down.admin("--json", "status")
+    assert json.loads(result.stdout)["daemon"] == "down"
+    result = down.admin("jobs", "stop", "01m8000000000000000000000a")
+    assert result.returncode == 1 and "daemon not running" in result.stderr
+    # Purge works without the daemon.
+    down.start()
+    portal = down.client("portal")
+    job = submit(portal, "hello.xml")
+    wait_for_state(portal, job["id"], "FINISHED")
+    assert down.stop() == 0
+    result = down.admin("jobs", "purge", "--older-than", "0")
+    assert result.returncode == 0 and "through the database" in result.stdout
+    assert not (down.state_dir / "jobs" / job["id"]).exists()
+    shown = down.admin("jobs", "show", job["id"])
+    assert shown.returncode == 1

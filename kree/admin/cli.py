@@ -34,19 +34,18 @@ import subprocess
 import sys
 from typing import Any
 
-import sqlalchemy as sa
-
-from kree import __version__, credentials, jobspec, pki
+from kree import __version__, credentials, pki
+from kree.admin import client as admin_client
 from kree.config import Config, load_config
 from kree.engine import software as engine_software
 from kree.engine.policy import valid_policy
 from kree.engine.registry import DEFAULT_POLICY
 from kree.errors import ConfigError, JobNotFound, KreeError
 from kree.records import isoformat
-from kree.states import TERMINAL_STATES, JobState
-from kree.store import migrate, model
+from kree.states import JobState
+from kree.store import migrate
 from kree.store.cache import CacheStore
-from kree.store.engine import create_engine, is_sqlite
+from kree.store.engine import create_engine, is_sqlite, redacted_url
 from kree.store.deliveries import DeliveriesStore
 from kree.store.events import EventsStore, utcnow
 from kree.store.frontends import FrontendsStore
@@ -170,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("name", metavar="NAME")
     revoke.set_defaults(handler=frontend_revoke)
 
+    status = commands.add_parser(
+        "status", help="is kreed up; jobs by state, queue, engines, failing subscriptions",
+        description="Ask the running kreed (admin socket) for its status. When it is not "
+        "running, say so (exit 1) and show what the database holds.")
+    status.set_defaults(handler=daemon_status)
     _add_jobs_commands(commands)
     _add_actors_commands(commands)
     _add_software_commands(commands)
@@ -195,9 +199,10 @@ def _add_jobs_commands(commands) -> argparse._SubParsersAction:
     """
     jobs = commands.add_parser(
         "jobs",
-        help="jobs of all frontends: list, show",
-        description="Jobs of all frontends, read from the database (works whether or not "
-        "kreed runs).",
+        help="jobs of all frontends: list, show, pause, resume, stop, kill, purge",
+        description="Jobs of all frontends. list and show read the database (whether or "
+        "not kreed runs); pause, resume, stop and kill act through the running kreed; purge "
+        "works either way.",
     )
     job_commands = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
     listing = job_commands.add_parser(
@@ -214,6 +219,25 @@ def _add_jobs_commands(commands) -> argparse._SubParsersAction:
         "show", help="a job's record, parameters, inputs, last messages and events")
     show.add_argument("job_id", metavar="ID")
     show.set_defaults(handler=jobs_show)
+    for action, text in (("pause", "pause a job (SIGSTOP to its processes; a queued job is held)"),
+                         ("resume", "resume a paused job"),
+                         ("stop", "stop a job gracefully (SIGTERM, then SIGKILL after the grace period)"),
+                         ("kill", "kill a job's whole process tree")):
+        command = job_commands.add_parser(action, help=f"{text}; needs kreed running",
+                                          description=f"{text[0].upper()}{text[1:]}, through "
+                                          "kreed's admin socket (recorded in the audit log).")
+        command.add_argument("job_id", metavar="ID")
+        command.set_defaults(handler=jobs_action, action=action)
+    purge = job_commands.add_parser(
+        "purge", help="delete old jobs with their directories",
+        description="Delete jobs that ended (or, with --state new, were created) more than "
+        "DURATION ago, with their job directories. Through kreed when it runs (so it can "
+        "make sure no engine is left), directly otherwise. Shows progress.")
+    purge.add_argument("--older-than", metavar="DURATION", required=True, type=_duration,
+                       help="e.g. 30d, 12h, 45m, 90s, or seconds")
+    purge.add_argument("--state", choices=["terminal", "new", "all"], default="terminal",
+                       help="terminal (FINISHED, FAILED, ABORTED; default), new, or all of these")
+    purge.set_defaults(handler=jobs_purge)
     return job_commands
 
 
@@ -559,20 +583,10 @@ def _job_show_thd(conn, pool, job_id: str) -> dict[str, Any]:
     detail = JobsStore(pool).get_detail_thd(conn, job_id)
     job = detail.job
     names = {f.id: f.name for f in FrontendsStore(pool).list_thd(conn)}
-    msgs = model.job_messages
-    messages = conn.execute(
-        sa.select(msgs).where(msgs.c.job_id == job_id).order_by(msgs.c.id.desc())
-        .limit(SHOW_LAST)
-    ).all()
-    message_count = conn.execute(
-        sa.select(sa.func.count()).select_from(msgs).where(msgs.c.job_id == job_id)
-    ).scalar_one()
+    messages, message_count = JobsStore(pool).last_messages_thd(conn, job_id, SHOW_LAST)
     events = EventsStore(pool).list_for_job_thd(conn, job_id, max(0, job.last_seq - SHOW_LAST),
                                                 SHOW_LAST)
-    event_count = conn.execute(
-        sa.select(sa.func.count()).select_from(model.events)
-        .where(model.events.c.job_id == job_id)
-    ).scalar_one()
+    event_count = job.last_seq  # seqs have no gaps
     record = {
         **_job_json(job, names),
         "workflow_sha256": job.workflow_sha256,
@@ -596,7 +610,7 @@ def _job_show_thd(conn, pool, job_id: str) -> dict[str, Any]:
         "messages": [
             {"id": m.id, "time": isoformat(m.time), "level": m.level, "source": m.source,
              "text": m.text}
-            for m in reversed(messages)
+            for m in messages
         ],
         "message_count": message_count,
         "events": [e.to_json() for e in events],
@@ -877,10 +891,7 @@ def _purge_thd(conn, pool, uri: str | None):
         purged_sha = entry.sha256
     removed = cache.purge_thd(conn, uri)
     remaining = {entry.sha256 for entry in cache.list_thd(conn)}
-    jobs = model.jobs
-    rows = conn.execute(sa.select(jobs.c.workflow_uri).where(
-        jobs.c.state.not_in([state.value for state in TERMINAL_STATES])))
-    needed = {jobspec.uploaded_workflow_sha256(workflow) for (workflow,) in rows} - {None}
+    needed = JobsStore(pool).unfinished_workflow_hashes_thd(conn)
     return removed, purged_sha, remaining, needed
 
 
@@ -932,8 +943,8 @@ def config_check(config: Config, args) -> dict[str, Any]:
         raise CommandFailed(f"{args.file} is not valid:\n  " + "\n  ".join(e.problems),
                             valid=False, problems=e.problems) from None
     try:
-        url = sa.engine.make_url(checked.store_url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
+        url = redacted_url(checked.store_url)
+    except ValueError:
         problem = f"store.url: {checked.store.url!r} is not a database URL"
         raise CommandFailed(f"{args.file} is not valid:\n  {problem}", valid=False,
                             problems=[problem]) from None
@@ -977,6 +988,110 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(text if text is not None else result["message"])
     sys.exit(EXIT_OK)
+
+
+# -- commands that need the running daemon (admin socket) ---------------------------
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(text: str) -> float:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30d, 12h or 90s")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def _call(config: Config, command: str, args: dict[str, Any] | None = None, **kwargs) -> Any:
+    try:
+        return admin_client.call(config.admin_socket, command, args, **kwargs)
+    except admin_client.DaemonNotRunning as e:
+        raise CommandFailed(str(e), daemon="down") from None
+    except admin_client.AdminCallFailed as e:
+        raise CommandFailed(e.message, code=e.code) from None
+
+
+def daemon_status(config: Config, args) -> dict[str, Any]:
+    try:
+        status = admin_client.call(config.admin_socket, "status")
+    except admin_client.DaemonNotRunning as e:
+        pool, _ = _frontends(config)
+        try:
+            counts = pool.run_in_thread(JobsStore(pool).count_by_state_thd)
+            subs = pool.run_in_thread(SubscriptionsStore(pool).list_thd)
+        finally:
+            pool.stop()
+        failing = [s.id for s in subs if s.status == "failing"]
+        raise CommandFailed(
+            f"{e}\n  database: jobs by state {counts or 'none'}; "
+            f"{len(failing)} failing subscriptions", daemon="down", jobs=counts,
+            failing_subscriptions=failing) from None
+    except admin_client.AdminCallFailed as e:
+        raise CommandFailed(e.message, code=e.code) from None
+    jobs = ", ".join(f"{state} {count}" for state, count in sorted(status["jobs"].items()))
+    failing = status["subscriptions"]["failing"]
+    lines = [
+        f"kreed {status['version']} up {status['uptime_seconds']:.0f} s (pid {status['pid']})",
+        f"state directory: {status['state_dir']}",
+        f"database: {status['store']} ({status['schema']})",
+        f"jobs: {jobs or 'none'}",
+        f"queue: {status['queue_length']} waiting; engines: {status['running_engines']} of "
+        f"{status['max_running']} running (backends: {', '.join(status['backends'])})",
+        f"subscriptions: {status['subscriptions']['active']} active, {len(failing)} failing",
+    ] + [f"  failing: {f['id']} {f['url']} ({f['last_error']})" for f in failing]
+    return {**status, "text": "\n".join(lines)}
+
+
+def jobs_action(config: Config, args) -> dict[str, Any]:
+    result = _call(config, f"jobs.{args.action}", {"id": args.job_id})
+    paused = f" (from {result['paused_from']})" if result.get("paused_from") else ""
+    return {**result, "message": f"job {result['id']}: {result['state']}{paused}"}
+
+
+def jobs_purge(config: Config, args) -> dict[str, Any]:
+    states = {"terminal": [s.value for s in JobState if s.terminal], "new": ["NEW"]}.get(
+        args.state, [s.value for s in JobState if s.terminal] + ["NEW"])
+
+    def progress(step: dict) -> None:
+        print(f"purging: {step['done']} of {step['total']}", file=sys.stderr, flush=True)
+
+    try:
+        result = admin_client.call(config.admin_socket, "jobs.purge",
+                                   {"older_than_seconds": args.older_than, "states": states},
+                                   on_progress=progress)
+        via = "kreed"
+    except admin_client.DaemonNotRunning:
+        result, via = _purge_directly(config, args.older_than, states, progress), "the database"
+    except admin_client.AdminCallFailed as e:
+        raise CommandFailed(e.message, code=e.code) from None
+    return {**result, "via": via,
+            "message": f"purged {result['purged']} jobs (through {via})"}
+
+
+def _purge_directly(config: Config, older_than: float, states: list[str], progress) -> dict:
+    """kreed is down: no engine runs, so ended jobs can go straight from the store."""
+    import shutil
+    from datetime import timedelta
+
+    pool, _ = _frontends(config)
+    jobs = JobsStore(pool)
+    try:
+        candidates = pool.run_in_thread(jobs.purgeable_thd, utcnow() - timedelta(seconds=older_than),
+                                        states)
+        progress({"done": 0, "total": len(candidates)})
+        purged = 0
+        for index, job in enumerate(candidates, 1):
+            try:
+                pool.run_in_thread(jobs.delete_thd, job.id)
+            except KreeError:
+                continue
+            shutil.rmtree(job.job_dir, ignore_errors=True)
+            purged += 1
+            if index % 50 == 0 or index == len(candidates):
+                progress({"done": index, "total": len(candidates)})
+    finally:
+        pool.stop()
+    return {"purged": purged}
 
 
 def _fail(args, message: str, code: int = EXIT_FAILED,

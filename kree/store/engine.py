@@ -23,6 +23,14 @@ import sqlalchemy as sa
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 
 
+def redacted_url(url: str) -> str:
+    """The URL without its password, for people to read; ValueError if malformed."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError as e:
+        raise ValueError(str(e)) from None
+
+
 def is_sqlite(url: str | sa.URL) -> bool:
     return sa.make_url(url).get_backend_name() == "sqlite"
 

@@ -353,6 +353,23 @@ class JobsStore:
         )
         return Message(message_id, job_id, now, level, source, text), event
 
+    def last_messages_thd(self, conn, job_id: str, limit: int) -> tuple[list[Message], int]:
+        """The newest C{limit} messages, oldest first, and how many there are in all."""
+        msgs = model.job_messages
+        rows = conn.execute(sa.select(msgs).where(msgs.c.job_id == job_id)
+                            .order_by(msgs.c.id.desc()).limit(limit)).all()
+        total = conn.execute(sa.select(sa.func.count()).select_from(msgs)
+                             .where(msgs.c.job_id == job_id)).scalar_one()
+        return [_message(row) for row in reversed(rows)], total
+
+    def unfinished_workflow_hashes_thd(self, conn) -> set[str]:
+        """Workflow versions that jobs not yet ended still need from the cache."""
+        jobs = model.jobs
+        rows = conn.execute(sa.select(jobs.c.workflow_sha256).where(
+            jobs.c.state.not_in([s.value for s in JobState if s.terminal]),
+            jobs.c.workflow_sha256.is_not(None)))
+        return {sha for (sha,) in rows}
+
     async def list_messages(self, job_id: str, after: int = 0, limit: int = 100):
         return await self._pool.run(self.list_messages_thd, job_id, after, limit)
 
