@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import http.client
 import json
+import os
 import re
 import signal
 import ssl
@@ -184,6 +185,7 @@ class LiveKree:
         self.process: subprocess.Popen | None = None
         self.port: int | None = None
         self.extra_args: list[str] = []
+        self.env: dict[str, str] = {}
 
     def start(self, timeout: float = 30) -> "LiveKree":
         self.stderr_path = self.base / f"kreed-{time.monotonic_ns()}.err"
@@ -192,6 +194,7 @@ class LiveKree:
             [sys.executable, "-c", "from kree.daemon import main; main()",
              "--config", str(self.config_path), "--listen", "127.0.0.1:0", *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=self._stderr, cwd=self.base,
+            env={**os.environ, **self.env},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -111,9 +111,14 @@ def test_capabilities_list_actor_classes_with_package_and_policy(portal, kree_se
     assert capabilities["policy"] == {"ptolemy.actor.lib.python.PythonScript": "allow"}
 
 
-def test_feasibility_is_not_available_yet(portal, workflow):
-    reply = portal.post("/v1/feasibility", {"workflow": workflow})
-    assert reply.status == 501 and reply.error == "not_implemented"
+def test_feasibility_request_errors(portal, workflow):
+    # The answers themselves: tests/test_fetching_jobs.py.
+    assert portal.post("/v1/feasibility", {}).error == "invalid_uri"
+    assert portal.post("/v1/feasibility", {"workflow": workflow, "x": 1}).error == "invalid_request"
+    assert portal.post("/v1/feasibility", {"workflow": workflow,
+                                           "resources": {"cpus": 0}}).error == "invalid_resources"
+    assert portal.post("/v1/feasibility", body=b"[", headers={
+        "Content-Type": "application/json"}).error == "malformed_json"
     assert portal.post("/v1/feasibility", {"workflow": "gopher://x/y"}).status == 422
     assert portal.post("/v1/feasibility", {}).status == 422
 

@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
 
-from kree import __version__, jobspec
+from kree import __version__
 from kree.api.jobs import MAX_PAGE, MAX_WAIT_SECONDS
 from kree.api.resource import ApiError, Call, Router
 from kree.records import isoformat
@@ -40,7 +40,6 @@ class InfoApi:
     def register(self, router: Router) -> None:
         router.add("GET", "/v1/service-info", self.service_info)
         router.add("GET", "/v1/capabilities", self.capabilities)
-        router.add("POST", "/v1/feasibility", self.feasibility)
         router.add("GET", "/v1/openapi.json", self.openapi)
 
     async def service_info(self, call: Call) -> dict[str, Any]:
@@ -90,16 +89,6 @@ class InfoApi:
             "software": software,
             "backends": ["local"],
         }
-
-    async def feasibility(self, call: Call) -> dict[str, Any]:
-        body = call.json_object()
-        jobspec.check_uri(body.get("workflow"))
-        jobspec.check_parameters(body.get("parameters"))
-        jobspec.check_inputs(body.get("inputs"))
-        jobspec.check_resources(body.get("resources"))
-        raise ApiError(501, "not_implemented",
-                       "the feasibility check (workflow validity, actor policy, software, "
-                       "resources, cached inputs) is not available in this version")
 
     async def openapi(self, call: Call) -> dict[str, Any]:
         return self._openapi

@@ -11,6 +11,7 @@ from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.logger import Logger
 
 from kree.api import tls
+from kree.api.feasibility import FeasibilityApi
 from kree.api.info import InfoApi
 from kree.api.jobs import JobsApi
 from kree.api.resource import ApiResource, ApiSite, Router
@@ -29,6 +30,7 @@ def build_site(config, store, jobs, supervisor, reactor, fetcher, checker) -> Ap
     WorkflowsApi(store, config.cache_dir, reactor, threadpool).register(router)
     InfoApi(config, jobs, store, reactor).register(router)
     SubscriptionsApi(config, store, reactor).register(router)
+    FeasibilityApi(config, store, supervisor, fetcher, checker).register(router)
     return ApiSite(ApiResource(router, store), config.server.max_body_bytes, reactor)
 
 

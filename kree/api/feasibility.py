@@ -1,0 +1,86 @@
+"""
+POST /v1/feasibility: "can you run this workflow with these inputs, and
+when?" (the IVOA Execution Broker's question), answered without creating a
+job.  The checks are those of job creation (the workflow fetched and
+validated by the engine with the admin's actor policy and the software here,
+parameter names), plus resources against this machine and the configured
+limits, and data locality: inputs already in the cache need no staging.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import psutil
+
+from kree import jobspec
+from kree.api.resource import ApiError, Call, Router
+from kree.errors import KreeError
+
+
+class FeasibilityApi:
+    def __init__(self, config, store, supervisor, fetcher, checker) -> None:
+        self._config = config
+        self._store = store
+        self._supervisor = supervisor
+        self._fetcher = fetcher
+        self._checker = checker
+
+    def register(self, router: Router) -> None:
+        router.add("POST", "/v1/feasibility", self.feasibility)
+
+    async def feasibility(self, call: Call) -> dict[str, Any]:
+        body = call.json_object()
+        unknown = sorted(set(body) - {"workflow", "parameters", "inputs", "resources"})
+        if unknown:
+            raise ApiError(422, "invalid_request", f"unknown fields {unknown}", unknown=unknown)
+        workflow = jobspec.check_uri(body.get("workflow"))
+        parameters = jobspec.check_parameters(body.get("parameters"))
+        inputs = jobspec.check_inputs(body.get("inputs"))
+        resources = jobspec.check_resources(body.get("resources"))
+        reasons: list[str] = []
+
+        try:
+            fetched = await self._fetcher.fetch(workflow)
+            checked = await self._checker.check(fetched.path, fetched.sha256,
+                                                await self._store.policies.all())
+            if not checked.valid:
+                reasons += [f"workflow: {problem}" for problem in checked.problems]
+            else:
+                reasons += [f"parameter {name}: the workflow has no such parameter"
+                            for name in sorted(parameters) if name not in checked.parameters]
+        except KreeError as e:
+            reasons.append(f"workflow: {e.message}")
+
+        reasons += self._resource_reasons(resources)
+
+        staging: dict[str, str] = {}
+        for name, uri in inputs.items():
+            entry = await self._store.cache.get(uri)
+            staging[name] = "cached" if entry is not None else "to_fetch"
+        to_fetch = [name for name, where in staging.items() if where == "to_fetch"]
+        free = self._supervisor.max_running - self._supervisor.running_count
+        return {
+            "feasible": not reasons,
+            "start": None if reasons else ("after_staging" if to_fetch else "now"),
+            # Unknown until fetched: sizes of inputs not in the cache are not known.
+            "estimated_staging_seconds": 0 if not to_fetch else None,
+            "inputs": staging,
+            "free_slots": max(free, 0),
+            "queue_length": (await self._store.jobs.count_by_state()).get("QUEUED", 0),
+            "reasons": reasons,
+        }
+
+    def _resource_reasons(self, resources: dict[str, Any]) -> list[str]:
+        reasons = []
+        backend = resources.get("backend", self._config.supervisor.default_backend)
+        if backend != "local":
+            reasons.append(f"backend {backend}: not available on this server (local only)")
+        cores = os.cpu_count() or 1
+        if resources.get("cpus", 1) > cores:
+            reasons.append(f"cpus {resources['cpus']}: this machine has {cores}")
+        memory = psutil.virtual_memory().total
+        if resources.get("memory", 0) > memory:
+            reasons.append(f"memory {resources['memory']} bytes: this machine has {memory}")
+        return reasons
