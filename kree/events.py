@@ -235,7 +235,10 @@ class DeliveryService(Service):
                 b"POST", sub.url.encode(),
                 Headers({k.encode(): [v.encode()] for k, v in headers.items()}),
                 FileBodyProducer(BytesIO(body)))
-            request.addTimeout(self._settings.timeout_seconds, self._reactor)
+            # A cancelled request fails with ResponseNeverReceived, not the
+            # timeout: say what happened.
+            request.addTimeout(self._settings.timeout_seconds, self._reactor,
+                               onTimeoutCancel=_timed_out)
             response = await request
             discard = _Discard()
             response.deliverBody(discard)
@@ -270,3 +273,7 @@ class DeliveryService(Service):
                       next="retry scheduled" if retry_at else "given up",
                       subscription_status=status)
         return retry_at is None  # a given-up delivery lets the next one go
+
+
+def _timed_out(result, timeout):
+    raise TimeoutError(f"no answer within {timeout} s")

@@ -55,3 +55,11 @@ def prepare(job_dir: Path, *, workflow: Path, parameters: dict[str, Any],
         if target.parent != job_dir / "inputs":
             raise PreparationFailed(f"input name {name!r} would leave the job directory")
         shutil.copyfile(source, target)
+
+
+UPLOADS_FILE = ".uploads.json"
+
+
+def record_uploads(job_dir: Path, outcomes: list[dict[str, Any]]) -> None:
+    """Where each product went (shown in the results document)."""
+    _write(job_dir / UPLOADS_FILE, json.dumps(outcomes, indent=1).encode())

@@ -166,13 +166,14 @@ def parse_duration(value: Any, field: str) -> int:
 def check_resources(value: Any) -> dict[str, Any]:
     """
     Resources, normalised: backend, cpus, memory (bytes), walltime (seconds),
-    priority, input_timeout (seconds), partition.
+    priority, input_timeout (seconds), partition, outputs_to (URL).
     """
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise InvalidJobSpec("invalid_resources", "resources must be an object")
-    known = ("backend", "cpus", "memory", "walltime", "priority", "input_timeout", "partition")
+    known = ("backend", "cpus", "memory", "walltime", "priority", "input_timeout", "partition",
+             "outputs_to")
     unknown = sorted(set(value) - set(known))
     if unknown:
         raise InvalidJobSpec("invalid_resources", f"unknown resources {unknown} (known: {', '.join(known)})",
@@ -201,6 +202,13 @@ def check_resources(value: Any) -> dict[str, Any]:
             raise InvalidJobSpec("invalid_resources", "priority must be an integer from -1000 to 1000",
                                  field="priority")
         out["priority"] = priority
+    if "outputs_to" in value:
+        # Where products go when the job finishes; the API checks the URL
+        # against the allowed hosts (kree.outputs.check_outputs_to).
+        if not isinstance(value["outputs_to"], str):
+            raise InvalidJobSpec("invalid_resources", "outputs_to must be a URL (a string)",
+                                 field="outputs_to")
+        out["outputs_to"] = value["outputs_to"]
     if "partition" in value:
         partition = value["partition"]
         if not isinstance(partition, str) or not re.match(r"^[A-Za-z0-9_.-]{1,64}$", partition):

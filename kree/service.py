@@ -19,6 +19,7 @@ from kree.admin.server import AdminSocketService
 from kree.api.site import ApiService
 from kree.config import Config
 from kree.fetch import Fetcher
+from kree.outputs import OutputUploader
 from kree.validation import WorkflowChecker
 from kree.events import DeliveryService
 from kree.jobs import JobService
@@ -140,9 +141,10 @@ class KreeDaemon(AsyncMultiService):
             DevCredentialsService(config, self.store, reactor).setServiceParent(self)
         self.jobs = JobService(self.store, reactor, config.jobs_dir)
         self.fetcher = Fetcher(config, self.store, reactor)
+        self.uploader = OutputUploader(config, reactor)
         self.checker = WorkflowChecker(reactor)
         self.supervisor = Supervisor(config, self.store, self.jobs, reactor,
-                                     fetcher=self.fetcher,
+                                     fetcher=self.fetcher, uploader=self.uploader,
                                      stop_jobs_on_exit=stop_jobs_on_exit)
         self.supervisor.setServiceParent(self)
         self.deliveries = DeliveryService(config, self.store, self.jobs, reactor)
@@ -163,3 +165,4 @@ class KreeDaemon(AsyncMultiService):
     async def _stop_children(self) -> None:
         await super()._stop_children()
         await self.fetcher.close()
+        await self.uploader.close()

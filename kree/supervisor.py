@@ -48,9 +48,10 @@ VANISHED = "the engine exited without reporting its end (killed?)"
 class Supervisor(Service):
     log = Logger()
 
-    def __init__(self, config, store, jobs, reactor, *, fetcher, backend=None,
+    def __init__(self, config, store, jobs, reactor, *, fetcher, uploader=None, backend=None,
                  stop_jobs_on_exit: bool = False) -> None:
         self._fetcher = fetcher
+        self._uploader = uploader
         self._config = config
         self._store = store
         self._jobs = jobs
@@ -129,6 +130,8 @@ class Supervisor(Service):
         job_id = event.job_id
         if new == JobState.QUEUED.value:
             self.kick()
+        if new == JobState.FINISHED.value and self._uploader is not None:
+            self._in_background(self._upload_products(job_id))
         if job_id not in self._running_frontend:
             return
         if action == Action.PAUSE.value:
@@ -314,6 +317,23 @@ class Supervisor(Service):
 
         await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), clean,
                                 Path(job.job_dir))
+
+    # -- results to storage ---------------------------------------------------------------------
+
+    async def _upload_products(self, job_id: str) -> None:
+        """resources.outputs_to: PUT every product there, each outcome a job message."""
+        job = await self._store.jobs.get(job_id)
+        target = job.resources.get("outputs_to")
+        if not target:
+            return
+
+        async def report(level: str, text: str) -> None:
+            await self._jobs.add_message(job_id, text, level=level)
+
+        outcomes = await self._uploader.upload(Path(job.job_dir), target, report)
+        await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                jobdir.record_uploads, Path(job.job_dir),
+                                [o.to_json() for o in outcomes])
 
     # -- answers and input timeouts ----------------------------------------------------------
 

@@ -70,9 +70,16 @@ class Origin:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def do_PUT(self):
+                origin.uploaded[self.path] = (self.rfile.read(int(self.headers["Content-Length"])),
+                                              self.headers.get("Content-Type"))
+                self.send_response(201)
+                self.end_headers()
+
             def log_message(self, *args):
                 pass
 
+        self.uploaded = {}
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -211,3 +218,24 @@ def test_feasibility_names_missing_software(tmp_path):
         assert reply.status == 422 and reply.error == "invalid_workflow"
     finally:
         server.stop()
+
+
+def test_products_are_uploaded_to_outputs_to(server, origin):
+    client = server.client("portal")
+    reply = client.post("/v1/jobs", {"workflow": f"{origin.url}/nothing.xml",
+                                     "resources": {"outputs_to": f"{origin.url}/no-slash"}})
+    assert reply.status == 422 and reply.error == "uri_not_allowed"
+    job = submit(client, "products.xml", resources={"outputs_to": f"{origin.url}/results/"})
+    assert wait_for_state(client, job["id"], ("FINISHED", "FAILED"))["state"] == "FINISHED"
+    deadline = time.monotonic() + 20
+    while "uploads" not in client.get(f"/v1/jobs/{job['id']}/results").json:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    uploads = client.get(f"/v1/jobs/{job['id']}/results").json["uploads"]
+    assert {u["name"] for u in uploads} == {"numbers.txt", "squares.csv", "summary.txt"}
+    assert all(u["ok"] for u in uploads)
+    body, media_type = origin.uploaded["/results/squares.csv"]
+    assert body.splitlines()[3] == b"3,9" and media_type == "text/csv"
+    texts = [m["text"] for m in client.get(f"/v1/jobs/{job['id']}/messages?limit=500").json[
+        "messages"]]
+    assert sum(t.startswith("uploaded ") for t in texts) == 3

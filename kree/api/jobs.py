@@ -20,7 +20,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.web import static
 from twisted.web.server import NOT_DONE_YET
 
-from kree import jobspec, prompts
+from kree import jobdir, jobspec, outputs, prompts
 from kree.api.resource import ALREADY_WRITTEN, ApiError, Call, Response, Router
 from kree.errors import InvalidRequest, JobNotFound
 from kree.ids import looks_like_job_id
@@ -119,9 +119,18 @@ def _list_products(products_dir: Path) -> list[dict[str, Any]]:
     return products
 
 
+def _read_uploads(job_dir: Path):
+    """Where the products went (outputs_to), as the supervisor recorded it."""
+    try:
+        return json.loads((job_dir / jobdir.UPLOADS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 class JobsApi:
     def __init__(self, store, jobs, supervisor, waiters, reactor, threadpool, *, fetcher,
-                 checker) -> None:
+                 checker, allowed_hosts: list[str]) -> None:
+        self._allowed_hosts = allowed_hosts
         self._fetcher = fetcher
         self._checker = checker
         self._store = store
@@ -171,7 +180,7 @@ class JobsApi:
         workflow = jobspec.check_uri(body.get("workflow"))
         parameters = jobspec.check_parameters(body.get("parameters"))
         inputs = jobspec.check_inputs(body.get("inputs"))
-        resources = jobspec.check_resources(body.get("resources"))
+        resources = self._check_resources(body.get("resources"))
         queue = body.get("queue", False)
         if not isinstance(queue, bool):
             raise ApiError(422, "invalid_request", "queue must be true or false")
@@ -202,6 +211,12 @@ class JobsApi:
         detail = await self._store.jobs.get_detail(job.id, call.frontend.id)
         return Response(201, job_record(detail, self._jobs.now()),
                         {"location": f"/v1/jobs/{job.id}"}, job_id=job.id)
+
+    def _check_resources(self, value) -> dict[str, Any]:
+        resources = jobspec.check_resources(value)
+        if "outputs_to" in resources:
+            outputs.check_outputs_to(resources["outputs_to"], self._allowed_hosts)
+        return resources
 
     async def _check(self, path, sha256: str):
         checked = await self._checker.check(path, sha256, await self._store.policies.all())
@@ -308,7 +323,7 @@ class JobsApi:
 
     async def put_resources(self, call: Call) -> dict[str, Any]:
         job = await self._job(call)
-        resources = jobspec.check_resources(call.json_object())
+        resources = self._check_resources(call.json_object())
         detail = await self._store.jobs.update_new(
             job.id, what="set resources", frontend_id=call.frontend.id, resources=resources
         )
@@ -443,13 +458,17 @@ class JobsApi:
         products = await self._in_thread(_list_products, Path(job.job_dir) / "products")
         for product in products:
             product["href"] = f"/v1/jobs/{job.id}/products/{product['name']}"
-        return {
+        uploads = await self._in_thread(_read_uploads, Path(job.job_dir))
+        results = {
             "id": job.id,
             "state": job.state.value,
             "complete": job.state is JobState.FINISHED,
             "outputs": {},
             "products": products,
         }
+        if uploads is not None:
+            results["uploads"] = uploads
+        return results
 
     async def products(self, call: Call) -> dict[str, Any]:
         job = await self._job(call)

@@ -26,7 +26,7 @@ def build_site(config, store, jobs, supervisor, reactor, fetcher, checker) -> Ap
     jobs.add_observer(waiters.observe)
     router = Router()
     JobsApi(store, jobs, supervisor, waiters, reactor, threadpool, fetcher=fetcher,
-            checker=checker).register(router)
+            checker=checker, allowed_hosts=config.fetch.allowed_hosts).register(router)
     WorkflowsApi(store, config.cache_dir, reactor, threadpool).register(router)
     InfoApi(config, jobs, store, reactor).register(router)
     SubscriptionsApi(config, store, reactor).register(router)
