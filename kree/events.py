@@ -23,16 +23,13 @@ from collections import defaultdict
 from io import BytesIO
 
 from twisted.application.service import Service
-from twisted.internet import protocol
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
-from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS, platformTrust
 from twisted.logger import Logger
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IPolicyForHTTPS
-from zope.interface import implementer
 
 from kree import __version__, signing, urlguard
+from kree.httpclient import DiscardBody, ServerTLSPolicy, new_agent, timed_out
 from kree.records import Event
 
 
@@ -82,41 +79,6 @@ class EventWaiters:
         return sum(len(w) for w in self._waiting.values())
 
 
-@implementer(IPolicyForHTTPS)
-class ListenerTLSPolicy:
-    """Verify listeners with service_identity against our CA or the system's; maybe present our certificate."""
-
-    def __init__(self, ca_path: str = "", cert_path: str = "", key_path: str = "") -> None:
-        self._trust = Certificate.loadPEM(open(ca_path, "rb").read()) if ca_path else platformTrust()
-        self._client = None
-        if cert_path:
-            self._client = PrivateCertificate.loadPEM(
-                open(cert_path, "rb").read() + b"\n" + open(key_path, "rb").read())
-
-    def creatorForNetloc(self, hostname: bytes, port: int):
-        return optionsForClientTLS(hostname.decode("idna"), trustRoot=self._trust,
-                                   clientCertificate=self._client)
-
-
-class _Discard(protocol.Protocol):
-    """Reads (and drops) a listener's response body, up to a limit."""
-
-    LIMIT = 65536
-
-    def __init__(self) -> None:
-        self.done = Deferred()
-        self.received = 0
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += len(data)
-        if self.received > self.LIMIT:
-            self.transport.stopProducing()
-
-    def connectionLost(self, reason) -> None:
-        if not self.done.called:
-            self.done.callback(None)
-
-
 class DeliveryService(Service):
     log = Logger()
 
@@ -126,16 +88,12 @@ class DeliveryService(Service):
         self._store = store
         self._jobs = jobs
         self._reactor = reactor
+        self._pool = None
         if agent is None:
-            pool = HTTPConnectionPool(reactor, persistent=True)
-            pool.maxPersistentPerHost = 4
-            policy = ListenerTLSPolicy(self._settings.ca, self._settings.client_cert,
-                                       self._settings.client_key)
-            agent = Agent(reactor, contextFactory=policy, pool=pool,
-                          connectTimeout=self._settings.timeout_seconds)
-            self._pool = pool
-        else:
-            self._pool = None
+            policy = ServerTLSPolicy(self._settings.ca, self._settings.client_cert,
+                                     self._settings.client_key)
+            agent, self._pool = new_agent(reactor, connect_timeout=self._settings.timeout_seconds,
+                                          policy=policy)
         self._agent = agent
         self._in_flight: dict[str, Deferred] = {}
         self._pumping = False
@@ -238,9 +196,9 @@ class DeliveryService(Service):
             # A cancelled request fails with ResponseNeverReceived, not the
             # timeout: say what happened.
             request.addTimeout(self._settings.timeout_seconds, self._reactor,
-                               onTimeoutCancel=_timed_out)
+                               onTimeoutCancel=timed_out)
             response = await request
-            discard = _Discard()
+            discard = DiscardBody()
             response.deliverBody(discard)
             await discard.done
             code = response.code
@@ -274,6 +232,3 @@ class DeliveryService(Service):
                       subscription_status=status)
         return retry_at is None  # a given-up delivery lets the next one go
 
-
-def _timed_out(result, timeout):
-    raise TimeoutError(f"no answer within {timeout} s")

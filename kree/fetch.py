@@ -11,7 +11,7 @@ Schemes:
 
  - C{https:} and C{http:} go through Twisted's HTTP client: an C{Agent} with
    a persistent C{HTTPConnectionPool}; https servers are verified with
-   L{kree.events.ListenerTLSPolicy} (service_identity against the system's
+   L{kree.httpclient.ServerTLSPolicy} (service_identity against the system's
    trust store).  Before each request, the first and every redirect hop,
    L{kree.urlguard.check_reachable} checks the scheme, the admin's host
    allow-list ([fetch] allowed_hosts) and every address the host resolves to
@@ -65,14 +65,14 @@ from twisted.internet import protocol
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, PotentialDataLoss, ResponseDone
+from twisted.web.client import PotentialDataLoss, ResponseDone
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from kree import __version__, urlguard
 from kree.api.workflows import store_document
 from kree.errors import KreeError
-from kree.events import ListenerTLSPolicy
+from kree.httpclient import describe_failure, new_agent
 
 MAX_REDIRECTS = 5
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
@@ -158,15 +158,6 @@ class _Abort(protocol.Protocol):
         self.transport.stopProducing()
 
 
-def _describe(error: BaseException) -> str:
-    """A readable reason for a connection-level failure."""
-    reasons = getattr(error, "reasons", None)  # ResponseFailed, ResponseNeverReceived ...
-    if isinstance(reasons, list) and reasons:
-        return "; ".join(_describe(getattr(f, "value", f)) for f in reasons)
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
 def _header(response, name: bytes) -> str | None:
     values = response.headers.getRawHeaders(name)
     return values[0].decode("latin-1") if values else None
@@ -192,9 +183,8 @@ class Fetcher:
         self._freshness = freshness_seconds
         self._pool = None
         if agent is None:
-            self._pool = HTTPConnectionPool(reactor, persistent=True)
-            agent = Agent(reactor, contextFactory=ListenerTLSPolicy(), pool=self._pool,
-                          connectTimeout=self._settings.timeout_seconds or None)
+            agent, self._pool = new_agent(reactor,
+                                          connect_timeout=self._settings.timeout_seconds)
         self._agent = agent
         self._in_flight: dict[str, list[Deferred]] = {}
 
@@ -457,7 +447,7 @@ class Fetcher:
             raise
         except Exception as e:
             raise FetchError("fetch_failed", f"fetching {uri} failed while reading the body: "
-                             f"{_describe(e)}", uri=uri) from None
+                             f"{describe_failure(e)}", uri=uri) from None
 
         sha256, _ = await self._in_thread(_hash_and_store, self._cache_dir, data)
         entry = await self._store.cache.record_fetch(
@@ -472,7 +462,7 @@ class Fetcher:
             raise
         except Exception as e:
             where = "" if url == uri else f" (at {url})"
-            raise FetchError("fetch_failed", f"fetching {uri} failed{where}: {_describe(e)}",
+            raise FetchError("fetch_failed", f"fetching {uri} failed{where}: {describe_failure(e)}",
                              uri=uri, url=url) from None
 
     async def _discard(self, response) -> None:

@@ -24,7 +24,7 @@ L{kree.urlguard.check_reachable} checks the scheme, the host allow-list and
 every address the host resolves to (no loopback, private, link-local ...
 unless [fetch] allow_private_addresses).  Requests go through a Twisted
 C{Agent} with a persistent C{HTTPConnectionPool}; https servers are verified
-with L{kree.events.ListenerTLSPolicy} (the system's trust store).  Each
+with L{kree.httpclient.ServerTLSPolicy} (the system's trust store).  Each
 attempt, the guard, the request and reading the answer, is bounded by [fetch]
 timeout_seconds (0: no limit).  [fetch] max_bytes does not apply: products
 are the job's own files.
@@ -63,17 +63,15 @@ from urllib.parse import quote
 
 import attrs
 from twisted.internet import error as net_error
-from twisted.internet import protocol
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
 
 from kree import __version__, urlguard
-from kree.events import ListenerTLSPolicy
+from kree.httpclient import DiscardBody, describe_failure, new_agent, timed_out
 
 DEFAULT_RETRY_DELAYS: tuple[float, ...] = (1, 5, 30, 120)
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
@@ -171,45 +169,6 @@ class _ProductBody(FileBodyProducer):
         return super().startProducing(consumer)
 
 
-class _Drain(protocol.Protocol):
-    """Reads and drops a response body (up to a limit), so the connection can be reused."""
-
-    LIMIT = 65536
-
-    def __init__(self) -> None:
-        self.done = Deferred(self._cancel)
-        self.received = 0
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += len(data)
-        if self.received > self.LIMIT:
-            self.transport.stopProducing()
-
-    def connectionLost(self, reason) -> None:
-        if not self.done.called:
-            self.done.callback(None)
-
-    def _cancel(self, d: Deferred) -> None:
-        d.errback(Failure(CancelledError()))
-        if self.transport is not None:
-            self.transport.stopProducing()
-
-
-def _describe(error: BaseException) -> str:
-    """A readable reason for a connection-level failure."""
-    reasons = getattr(error, "reasons", None)  # ResponseFailed, ResponseNeverReceived ...
-    if isinstance(reasons, list) and reasons:
-        return "; ".join(_describe(getattr(f, "value", f)) for f in reasons)
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def _timed_out(result, timeout: float):
-    if isinstance(result, Failure):
-        raise TimeoutError(timeout, "Deferred")
-    return result
-
-
 @attrs.frozen
 class _Attempt:
     status: int | None
@@ -228,9 +187,8 @@ class OutputUploader:
         self._delays = tuple(retry_delays)
         self._pool = None
         if agent is None:
-            self._pool = HTTPConnectionPool(reactor, persistent=True)
-            agent = Agent(reactor, contextFactory=ListenerTLSPolicy(), pool=self._pool,
-                          connectTimeout=self._settings.timeout_seconds or None)
+            agent, self._pool = new_agent(reactor,
+                                          connect_timeout=self._settings.timeout_seconds)
         self._agent = agent
 
     async def close(self) -> None:
@@ -316,7 +274,7 @@ class OutputUploader:
         if limit:
             # Cancelling a request fails it with ResponseNeverReceived([CancelledError]),
             # not CancelledError: any failure of an attempt that timed out is the timeout.
-            work.addTimeout(limit, self._reactor, onTimeoutCancel=_timed_out)
+            work.addTimeout(limit, self._reactor, onTimeoutCancel=timed_out)
         try:
             code, phrase, sent = await work
         except CancelledError:
@@ -331,7 +289,7 @@ class OutputUploader:
         except (TimeoutError, net_error.TimeoutError):
             return _Attempt(None, f"no answer within {limit:g} s", retry=True)
         except Exception as e:
-            return _Attempt(None, _describe(e), retry=True)
+            return _Attempt(None, describe_failure(e), retry=True)
         if 200 <= code < 300:
             return _Attempt(code, None, retry=False, sent=sent)
         text = f"the server answered {code} {phrase}".rstrip()
@@ -356,7 +314,7 @@ class OutputUploader:
             headers = Headers({b"user-agent": [f"KREE/{__version__}".encode()],
                                b"content-type": [media_type(path.name).encode("ascii")]})
             response = await self._agent.request(b"PUT", target, headers, producer)
-            drain = _Drain()
+            drain = DiscardBody()
             response.deliverBody(drain)
             await drain.done
         finally:

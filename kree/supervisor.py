@@ -126,7 +126,7 @@ class Supervisor(Service):
         if event.type != "job.state":
             return
         data = event.data
-        action, old, new = data.get("action"), data.get("from"), data.get("to")
+        action, new = data.get("action"), data.get("to")
         job_id = event.job_id
         if new == JobState.QUEUED.value:
             self.kick()

@@ -19,7 +19,7 @@ from twisted.web.client import Agent
 from kree import pki, urlguard
 from kree.api.workflows import store_document
 from kree.config import load_config
-from kree.events import ListenerTLSPolicy
+from kree.httpclient import ServerTLSPolicy
 from kree.fetch import Fetcher, FetchError
 
 MAX_BYTES = 1000
@@ -313,7 +313,7 @@ async def test_https_servers_are_verified(fetcher, fetchers, config, tls_origin)
     error = await refused(fetcher, tls_origin.base + "/doc", "fetch_failed")
     assert tls_origin.count() == 0
     # Trusted (the same policy, given the origin's CA): fetched and revalidated.
-    trusting = fetchers(config, agent=Agent(reactor, contextFactory=ListenerTLSPolicy(
+    trusting = fetchers(config, agent=Agent(reactor, contextFactory=ServerTLSPolicy(
         tls_origin.ca)))
     first = await trusting.fetch(tls_origin.base + "/redirect/1")
     second = await trusting.fetch(tls_origin.base + "/redirect/1")
