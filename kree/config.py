@@ -63,6 +63,9 @@ class FetchConfig:
     file_roots: list[str] = attrs.field(factory=list)
     max_bytes: int = 104_857_600
     timeout_seconds: float = 60.0
+    # Reuse a cached http(s) document this long without revalidating it;
+    # 0 (the default): every job sends a conditional request.
+    freshness_seconds: float = 0.0
 
 
 @attrs.frozen

@@ -140,7 +140,8 @@ class KreeDaemon(AsyncMultiService):
         if dev:
             DevCredentialsService(config, self.store, reactor).setServiceParent(self)
         self.jobs = JobService(self.store, reactor, config.jobs_dir)
-        self.fetcher = Fetcher(config, self.store, reactor)
+        self.fetcher = Fetcher(config, self.store, reactor,
+                               freshness_seconds=config.fetch.freshness_seconds)
         self.uploader = OutputUploader(config, reactor)
         self.checker = WorkflowChecker(reactor)
         self.supervisor = Supervisor(config, self.store, self.jobs, reactor,

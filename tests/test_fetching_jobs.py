@@ -239,3 +239,17 @@ def test_products_are_uploaded_to_outputs_to(server, origin):
     texts = [m["text"] for m in client.get(f"/v1/jobs/{job['id']}/messages?limit=500").json[
         "messages"]]
     assert sum(t.startswith("uploaded ") for t in texts) == 3
+
+
+def test_a_freshness_window_skips_revalidation(tmp_path, origin):
+    server = LiveKree(tmp_path, frontends=("portal",),
+                      config_text=CONFIG.replace("[fetch]", "[fetch]\nfreshness_seconds = 3600"))
+    server.start()
+    try:
+        client = server.client("portal")
+        origin.documents["/fresh.xml"] = (REPO / "workflows" / "hello.xml").read_bytes()
+        for _ in range(3):
+            assert client.post("/v1/jobs", {"workflow": f"{origin.url}/fresh.xml"}).status == 201
+        assert origin.count("/fresh.xml") == 1
+    finally:
+        server.stop()
