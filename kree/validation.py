@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from twisted.internet.threads import deferToThreadPool
 from twisted.internet.utils import getProcessOutputAndValue
 
 from kree.errors import KreeError
@@ -38,6 +39,13 @@ class Checked:
     parameters: dict[str, dict[str, Any]]  # full name -> {"default", "string"}
 
 
+def _write_policy(policy: dict[str, str]) -> str:
+    fd, path = tempfile.mkstemp(prefix="kree-policy-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(policy, f)
+    return path
+
+
 class WorkflowChecker:
     def __init__(self, reactor, *, python: str = sys.executable) -> None:
         self._reactor = reactor
@@ -50,15 +58,14 @@ class WorkflowChecker:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        fd, policy_file = tempfile.mkstemp(prefix="kree-policy-", suffix=".json")
+        threads = self._reactor.getThreadPool()
+        policy_file = await deferToThreadPool(self._reactor, threads, _write_policy, policy)
         try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(policy, f)
             out, err, code = await getProcessOutputAndValue(
                 self._python, ["-m", "kree.engine", "validate", str(path), "--policy", policy_file],
                 env=dict(os.environ), reactor=self._reactor)
         finally:
-            os.unlink(policy_file)
+            await deferToThreadPool(self._reactor, threads, os.unlink, policy_file)
         try:
             report = json.loads(out)
         except ValueError:
