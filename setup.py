@@ -43,6 +43,9 @@ setup(
             # Responses are checked against the OpenAPI document.
             "jsonschema>=4.18",
             "openapi-spec-validator>=0.7",
+            # Drives the OpenAPI document against a live kreed (no 5xx, no
+            # schema violation).
+            "schemathesis>=4",
         ],
     },
     entry_points={
