@@ -43,6 +43,16 @@ from kree.states import Action, JobState
 
 LOST = "lost during daemon restart"
 VANISHED = "the engine exited without reporting its end (killed?)"
+DISK_FULL = "no space left on the file system of the job directory"
+# Below this much free space, an engine that vanished is taken to have died of it.
+DISK_FULL_BYTES = 256 * 1024
+
+
+def _disk_full(job_dir: Path) -> bool:
+    try:
+        return shutil.disk_usage(job_dir).free < DISK_FULL_BYTES
+    except OSError:
+        return False
 
 
 class Supervisor(Service):
@@ -293,6 +303,9 @@ class Supervisor(Service):
                 job = None
             if job is not None and not job.state.terminal:
                 reason = LOST if adopted else VANISHED
+                if await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                           _disk_full, Path(job.job_dir)):
+                    reason = DISK_FULL
                 try:
                     await self._jobs.apply(job_id, Action.FAIL, reason=reason,
                                            updates={"error": reason})
