@@ -28,11 +28,12 @@ is printed for people only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 from kree import __version__, credentials, pki
 from kree.admin import client as admin_client
@@ -333,15 +334,12 @@ def _status_json(status: migrate.SchemaStatus) -> dict[str, Any]:
 
 
 def db_upgrade(config: Config, args) -> dict[str, Any]:
-    pool = _pool(config)
-    try:
+    with _database(config, prepare=False) as pool:
         before = pool.run_in_thread(migrate.schema_status)
         if before.state is migrate.SchemaState.UNKNOWN:
             raise CommandFailed(before.describe())
         pool.run_in_thread(migrate.upgrade, args.revision)
         after = pool.run_in_thread(migrate.schema_status)
-    finally:
-        pool.stop()
     result = _status_json(after)
     result["from"] = list(before.current)
     result["message"] = (
@@ -354,21 +352,15 @@ def db_upgrade(config: Config, args) -> dict[str, Any]:
 
 
 def db_current(config: Config, args) -> dict[str, Any]:
-    pool = _pool(config)
-    try:
+    with _database(config, prepare=False) as pool:
         return _status_json(pool.run_in_thread(migrate.schema_status))
-    finally:
-        pool.stop()
 
 
 def db_downgrade(config: Config, args) -> dict[str, Any]:
-    pool = _pool(config)
-    try:
+    with _database(config, prepare=False) as pool:
         before = pool.run_in_thread(migrate.schema_status)
         pool.run_in_thread(migrate.downgrade, args.revision)
         after = pool.run_in_thread(migrate.schema_status)
-    finally:
-        pool.stop()
     result = _status_json(after)
     result["from"] = list(before.current)
     result["message"] = (
@@ -378,15 +370,24 @@ def db_downgrade(config: Config, args) -> dict[str, Any]:
     return result
 
 
-def _frontends(config: Config):
-    """The frontends table, creating an empty database like kreed would."""
+@contextlib.contextmanager
+def _database(config: Config, *, prepare: bool = True) -> Iterator[DBPool]:
+    """
+    The database, closed again whatever happens.  With C{prepare}, an empty
+    database is created (as kreed would) and one behind its migrations is
+    refused with the command that fixes it.
+    """
     pool = _pool(config)
-    status = pool.run_in_thread(migrate.schema_status)
-    if status.state is migrate.SchemaState.FRESH:
-        pool.run_in_thread(migrate.upgrade)
-    else:
-        status.require_current()
-    return pool, FrontendsStore(pool)
+    try:
+        if prepare:
+            status = pool.run_in_thread(migrate.schema_status)
+            if status.state is migrate.SchemaState.FRESH:
+                pool.run_in_thread(migrate.upgrade)
+            else:
+                status.require_current()
+        yield pool
+    finally:
+        pool.stop()
 
 
 def _frontend_json(frontend) -> dict[str, Any]:
@@ -423,8 +424,8 @@ def cert_issue(config: Config, args) -> dict[str, Any]:
         raise CommandFailed(
             f"frontend name {args.frontend!r}: use letters, digits, '.', '_' and '-'"
         )
-    pool, frontends = _frontends(config)
-    try:
+    with _database(config) as pool:
+        frontends = FrontendsStore(pool)
         # Refuse before writing files if the name is taken.
         if any(f.name == args.frontend for f in pool.run_in_thread(frontends.list_thd)):
             raise CommandFailed(f"a frontend named {args.frontend!r} exists already")
@@ -432,8 +433,6 @@ def cert_issue(config: Config, args) -> dict[str, Any]:
         frontend = pool.run_in_thread(
             frontends.add_thd, args.frontend, issued.fingerprint, issued.subject
         )
-    finally:
-        pool.stop()
     return {
         **_frontend_json(frontend),
         "cert": str(issued.cert),
@@ -457,23 +456,19 @@ def frontend_add(config: Config, args) -> dict[str, Any]:
                 f"{args.cert} is not signed by the CA kreed trusts ({ca_path}); kreed would "
                 "refuse its TLS handshake"
             )
-    pool, frontends = _frontends(config)
-    try:
+    with _database(config) as pool:
+        frontends = FrontendsStore(pool)
         frontend = pool.run_in_thread(
             frontends.add_thd, args.name, pki.fingerprint(cert), pki.subject(cert)
         )
-    finally:
-        pool.stop()
     return {**_frontend_json(frontend),
             "message": f"registered frontend {frontend.name} ({frontend.fingerprint})"}
 
 
 def frontend_list(config: Config, args) -> dict[str, Any]:
-    pool, frontends = _frontends(config)
-    try:
+    with _database(config) as pool:
+        frontends = FrontendsStore(pool)
         rows = [_frontend_json(f) for f in pool.run_in_thread(frontends.list_thd)]
-    finally:
-        pool.stop()
     table = _table(
         ["NAME", "FINGERPRINT", "CREATED", "REVOKED"],
         [[r["name"], r["fingerprint"], r["created"], r["revoked"] or "-"] for r in rows],
@@ -482,23 +477,19 @@ def frontend_list(config: Config, args) -> dict[str, Any]:
 
 
 def frontend_revoke(config: Config, args) -> dict[str, Any]:
-    pool, frontends = _frontends(config)
-    try:
+    with _database(config) as pool:
+        frontends = FrontendsStore(pool)
         frontend = pool.run_in_thread(frontends.revoke_thd, args.name)
-    finally:
-        pool.stop()
     return {**_frontend_json(frontend),
             "message": f"revoked frontend {frontend.name}; its next request is refused"}
 
 
 def subscriptions_list(config: Config, args) -> dict[str, Any]:
-    pool, frontends = _frontends(config)
-    try:
+    with _database(config) as pool:
+        frontends = FrontendsStore(pool)
         names = {f.id: f.name for f in pool.run_in_thread(frontends.list_thd)}
         subs = pool.run_in_thread(SubscriptionsStore(pool).list_thd)
         counts = pool.run_in_thread(DeliveriesStore(pool).counts_thd)
-    finally:
-        pool.stop()
     rows = [
         {
             "id": sub.id,
@@ -549,8 +540,8 @@ def _job_json(job, frontend_names: dict[int, str]) -> dict[str, Any]:
 
 
 def jobs_list(config: Config, args) -> dict[str, Any]:
-    pool, frontends = _frontends(config)
-    try:
+    with _database(config) as pool:
+        frontends = FrontendsStore(pool)
         known = pool.run_in_thread(frontends.list_thd)
         names = {f.id: f.name for f in known}
         frontend_id = None
@@ -562,8 +553,6 @@ def jobs_list(config: Config, args) -> dict[str, Any]:
             frontend_id = matches[0]
         jobs = pool.run_in_thread(JobsStore(pool).list_thd, frontend_id=frontend_id,
                                   state=args.state, user=args.user, limit=args.limit)
-    finally:
-        pool.stop()
     rows = [_job_json(job, names) for job in jobs]
     if not rows:
         filtered = any(v is not None for v in (args.state, args.frontend, args.user))
@@ -633,14 +622,12 @@ def _last(what: str, shown: int, total: int) -> str:
 
 
 def jobs_show(config: Config, args) -> dict[str, Any]:
-    pool, _ = _frontends(config)
-    try:
-        shown = pool.run_in_thread(_job_show_thd, pool, args.job_id)
-    except JobNotFound:
-        raise CommandFailed(f"no job {args.job_id!r}; `kree-admin jobs list` shows the jobs"
-                            ) from None
-    finally:
-        pool.stop()
+    with _database(config) as pool:
+        try:
+            shown = pool.run_in_thread(_job_show_thd, pool, args.job_id)
+        except JobNotFound:
+            raise CommandFailed(f"no job {args.job_id!r}; `kree-admin jobs list` shows the jobs"
+                                ) from None
     lines = [f"job {shown['job']['id']}"]
     lines += [f"  {key}: {_value(value)}" for key, value in shown["job"].items() if key != "id"]
     lines.append("parameters:" if shown["parameters"] else "parameters: none")
@@ -702,11 +689,8 @@ def _software_text(actor: dict[str, Any]) -> str:
 
 def actors_list(config: Config, args) -> dict[str, Any]:
     described = _engine_actors()
-    pool, _ = _frontends(config)
-    try:
+    with _database(config) as pool:
         rules = pool.run_in_thread(PoliciesStore(pool).all_thd)
-    finally:
-        pool.stop()
     policy = {**DEFAULT_POLICY, **rules}
     rows = [
         {
@@ -747,17 +731,15 @@ def _set_rule(config: Config, actor_class: str, rule: str) -> dict[str, Any]:
     if replacement is not None and replacement not in known:
         _warn(f"the replacement {replacement} is not a class the engine knows; it works only "
               "if a package adds it")
-    pool, _ = _frontends(config)
-    policies = PoliciesStore(pool)
-    try:
+    with _database(config) as pool:
+        policies = PoliciesStore(pool)
+
         def change_thd(conn):
             before = policies.all_thd(conn).get(actor_class)
             policies.set_thd(conn, actor_class, rule)
             return before
 
         before = pool.run_in_thread(change_thd)
-    finally:
-        pool.stop()
     previous = before or DEFAULT_POLICY.get(actor_class, "allow")
     change = (f"{previous} (unchanged)" if previous == rule else f"{previous} -> {rule}")
     return {
@@ -808,11 +790,8 @@ def _software_table(rows: list[dict[str, Any]]) -> str:
 
 
 def software_list(config: Config, args) -> dict[str, Any]:
-    pool, _ = _frontends(config)
-    try:
+    with _database(config) as pool:
         registry = pool.run_in_thread(PoliciesStore(pool).software_thd)
-    finally:
-        pool.stop()
     rows = _software_rows(registry)
     if not rows:
         return {"software": [],
@@ -823,8 +802,7 @@ def software_list(config: Config, args) -> dict[str, Any]:
 
 def software_rescan(config: Config, args) -> dict[str, Any]:
     # Open the database first: a database behind fails before the slow part.
-    pool, _ = _frontends(config)
-    try:
+    with _database(config) as pool:
         print(f"detecting {', '.join(engine_software.PROGRAMS)} ...", file=sys.stderr,
               flush=True)
         found = _engine_json("software", SOFTWARE_TIMEOUT_SECONDS)
@@ -835,8 +813,6 @@ def software_rescan(config: Config, args) -> dict[str, Any]:
         print("done", file=sys.stderr, flush=True)
         pool.run_in_thread(PoliciesStore(pool).record_software_thd, found)
         registry = pool.run_in_thread(PoliciesStore(pool).software_thd)
-    finally:
-        pool.stop()
     rows = _software_rows(registry)
     return {"software": rows, "text": _software_table(rows) if rows else "no software known"}
 
@@ -860,11 +836,8 @@ def _cache_entry_json(entry, cache_dir) -> dict[str, Any]:
 
 
 def cache_list(config: Config, args) -> dict[str, Any]:
-    pool, _ = _frontends(config)
-    try:
+    with _database(config) as pool:
         entries = pool.run_in_thread(CacheStore(pool).list_thd)
-    finally:
-        pool.stop()
     rows = [_cache_entry_json(e, config.cache_dir) for e in entries]
     if not rows:
         return {"entries": [], "text": "the cache is empty"}
@@ -896,11 +869,8 @@ def _purge_thd(conn, pool, uri: str | None):
 
 
 def cache_purge(config: Config, args) -> dict[str, Any]:
-    pool, _ = _frontends(config)
-    try:
+    with _database(config) as pool:
         removed, purged_sha, remaining, needed = pool.run_in_thread(_purge_thd, pool, args.uri)
-    finally:
-        pool.stop()
     cache_dir = config.cache_dir
     if args.uri is not None:
         candidates = [cache_dir / purged_sha]
@@ -1015,12 +985,9 @@ def daemon_status(config: Config, args) -> dict[str, Any]:
     try:
         status = admin_client.call(config.admin_socket, "status")
     except admin_client.DaemonNotRunning as e:
-        pool, _ = _frontends(config)
-        try:
+        with _database(config) as pool:
             counts = pool.run_in_thread(JobsStore(pool).count_by_state_thd)
             subs = pool.run_in_thread(SubscriptionsStore(pool).list_thd)
-        finally:
-            pool.stop()
         failing = [s.id for s in subs if s.status == "failing"]
         raise CommandFailed(
             f"{e}\n  database: jobs by state {counts or 'none'}; "
@@ -1073,9 +1040,8 @@ def _purge_directly(config: Config, older_than: float, states: list[str], progre
     import shutil
     from datetime import timedelta
 
-    pool, _ = _frontends(config)
-    jobs = JobsStore(pool)
-    try:
+    with _database(config) as pool:
+        jobs = JobsStore(pool)
         candidates = pool.run_in_thread(jobs.purgeable_thd, utcnow() - timedelta(seconds=older_than),
                                         states)
         progress({"done": 0, "total": len(candidates)})
@@ -1089,8 +1055,6 @@ def _purge_directly(config: Config, older_than: float, states: list[str], progre
             purged += 1
             if index % 50 == 0 or index == len(candidates):
                 progress({"done": index, "total": len(candidates)})
-    finally:
-        pool.stop()
     return {"purged": purged}
 
 
