@@ -7,36 +7,43 @@ Restart: kill -9 of kreed with N running engines, then the time until every job 
 100,000 iterations: they outlive the benchmark) are queued with [supervisor]
 max_running = --jobs and monitor_interval_seconds = 2, so that all run at
 once.  When all are RUNNING and each has its engine process (found by its
-KREE_JOB_ID environment marker), the driver notes each job's last event seq
-(GET /v1/jobs/{id}/events) and its engine's pid, kills kreed with SIGKILL
-and waits --down seconds (1) while the engines keep running and appending
-to their events.jsonl.  Then it starts kreed again on the same state
-directory and configuration (a new port, read from its log) and polls every
-job's events until each shows a job.message with a seq above the one noted
-before the kill, applied by the new daemon (its time after the kill): the
-daemon has applied what the engine wrote while it was down and follows it
-again.
+KREE_JOB_ID environment marker, shown once the engine has exec'ed), the
+driver notes each engine's pid, kills kreed with SIGKILL, reads each job's
+last event seq from the store (nobody writes it now; through the loaded API
+it would take minutes and be stale by the kill) and waits until --down
+seconds (1) have passed since the kill, while the engines keep running and
+appending to their events.jsonl.  Then it starts kreed again on the same
+state directory and configuration (a new port, read from its new log; the
+first is kept as kreed.1.err) and polls every job's GET
+/v1/jobs/{id}/events?after=<that seq> until each shows a job.message applied
+by the new daemon (its time after the kill): the daemon has applied what the
+engine wrote while it was down and follows it again.
 
 Figures: seconds from the restart command until the API answers (kreed logs
-"running" after re-adopting every engine), and until every job is
-supervised again, as the driver saw it (polling: an upper bound) and by the
-daemon's own time of each job's first new message.  Checks (each must be
-0): jobs lost (not RUNNING afterwards, e.g. FAILED "lost during daemon
-restart"); events missing or doubled (each job's event seqs must be 1..N,
-and its Display messages the consecutive ticks "0", "1", ...); engines
-duplicated (a job with more than one engine process); engines replaced (a
-job whose engine pid changed).  Then every engine is killed, kreed stopped
-and the temporary directory removed.
+"running" once it has re-adopted every engine), and until every job is
+supervised again, as the driver saw it (polling through the API: an upper
+bound that includes the API's latency under load) and by the daemon's own
+time of each job's first new message.  Checks (each must be 0): jobs lost
+(not RUNNING afterwards, e.g. FAILED "lost during daemon restart"); events
+missing or doubled (each job's event seqs must be 1..N and its Display
+messages the consecutive ticks "0", "1", ...; the logs are read with the
+query of GET /v1/jobs/{id}/events once kreed has been stopped with SIGTERM);
+engines duplicated (a job with more than one engine process); engines
+replaced (a job whose engine pid changed); engines that died while kreed was
+down.  For context: kreed's CPU and the latency of GET /v1/jobs/{id}/state in
+the steady state before the kill, and the time one /proc scan for a job's
+processes takes (kree.backends.proctree.job_processes, what the monitor runs
+for each job every interval).  Then every engine is killed, kreed stopped and
+the temporary directory removed.
 
 The tick period is 1,000 ms by default, not 200: each tick is two engine
-events (a message and a progress), and on a 2-core machine kreed applies
-about 1,500 engine events per second with nothing else to do, so 200
-engines at 200 ms (2,000 events/s) keep it behind for ever (a first try had
-only 150 of 200 jobs running after 14 minutes, the API taking seconds per
-request); a restart figure measured on a daemon that never catches up says
-nothing.  At 1,000 ms, 200 engines write 400 events/s, and with --down 1 s
-each engine has written at least one tick while kreed was dead, so the
-first new message of each job is one the daemon missed.
+events (a message and a progress).  A first try at 200 ms (2,000 events/s
+from 200 engines) kept kreed at its limit (about 1,450 events applied per
+second) with only 150 of the 200 jobs started after 14 minutes and the API
+taking seconds per request; a restart measured on a daemon that never
+catches up says nothing.  At 1,000 ms, with --down 1 s, each engine has
+written at least one tick while kreed was dead, so the first new message of
+each job is one the daemon missed.
 """
 
 from __future__ import annotations
@@ -51,9 +58,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psutil  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
 
 import harness  # noqa: E402
 from harness import Kreed, parse_time, percentile  # noqa: E402
+from kree.backends import proctree  # noqa: E402
+from kree.store import model  # noqa: E402
+from kree.store.engine import create_engine  # noqa: E402
+from kree.store.events import EventsStore  # noqa: E402
 
 GOAL = 5.0  # seconds until every job is supervised again
 LOST = "lost during daemon restart"
@@ -117,6 +129,35 @@ def progress(text: str) -> None:
 
 def _terminated(signum, frame) -> None:
     raise SystemExit(128 + signum)  # so that the clean-up in one_run runs
+
+
+# -- the store, read while kreed is down --------------------------------------------------
+
+
+def last_seqs(kreed: Kreed, job_ids: set[str]) -> dict[str, int]:
+    """Each job's last event seq (0 if none)."""
+    engine = create_engine(kreed.config.store_url)
+    try:
+        ev = model.events
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(ev.c.job_id, sa.func.max(ev.c.seq)).group_by(ev.c.job_id))
+            found = {job: seq for job, seq in rows}
+    finally:
+        engine.dispose()
+    return {job: found.get(job, 0) for job in job_ids}
+
+
+def event_logs(kreed: Kreed, job_ids: list[str]) -> dict[str, list[dict]]:
+    """Each job's events as GET /v1/jobs/{id}/events lists them (the same query)."""
+    engine = create_engine(kreed.config.store_url)
+    store = EventsStore(None)
+    try:
+        with engine.connect() as conn:
+            return {job: [{"seq": e.seq, "type": e.type, "data": e.data}
+                          for e in store.list_for_job_thd(conn, job, 0, 10**9)]
+                    for job in job_ids}
+    finally:
+        engine.dispose()
 
 
 # -- checks -------------------------------------------------------------------------------
@@ -196,22 +237,29 @@ def one_run(args) -> dict:
         pids = {job: procs[0].pid for job, procs in engines.items()}
         time.sleep(1.0)  # every engine past its start, writing ticks
 
-        # Last seq of each job, just before the kill.
-        before: dict[str, int] = {}
-        for job_id in ids:
-            reply = client.call("GET", f"/v1/jobs/{job_id}/events?limit=500")
-            after = 0
-            while reply["events"]:
-                after = reply["next"]
-                reply = client.call("GET", f"/v1/jobs/{job_id}/events?after={after}&limit=500")
-            before[job_id] = after
+        # How loaded kreed is in this steady state, for context.
+        kreed_cpu_percent = kreed.psutil_process.cpu_percent(interval=2.0)
+        api_ms = []
+        for job_id in ids[:5]:
+            t = time.perf_counter()
+            client.call("GET", f"/v1/jobs/{job_id}/state")
+            api_ms.append((time.perf_counter() - t) * 1000)
         client.close()
+        t = time.perf_counter()
+        proctree.job_processes(None, ids[0])
+        scan_ms = (time.perf_counter() - t) * 1000
+        progress(f"steady state: kreed at {kreed_cpu_percent:.0f}% CPU, GET /state "
+                 f"{percentile(api_ms, 50):.0f} ms, one job's /proc scan {scan_ms:.0f} ms; kill -9 kreed")
 
-        progress("kill -9 kreed")
         kreed.process.kill()  # kill -9
         kreed.process.wait()
         t_kill = time.time()
-        time.sleep(args.down)
+        t_kill_mono = time.monotonic()
+        # Last seq of each job at the kill, read from the store now that
+        # nobody writes it (the API under load would take minutes for this,
+        # and its answer would be stale by the kill).
+        before = last_seqs(kreed, wanted)
+        time.sleep(max(0.0, args.down - (time.monotonic() - t_kill_mono)))
         alive = engines_by_job(wanted)
         died_while_down = sum(1 for job in ids
                               if not any(p.pid == pids[job] for p in alive[job]))
@@ -254,10 +302,10 @@ def one_run(args) -> dict:
                 poller.close()
 
         harness.run_threads(args.clients, poll)
-        progress(f"restarted: API up after {api_up_s:.2f} s, every job supervised after "
-                 f"{max(observed.values()):.2f} s; checking")
         supervised_s = max(observed.values())
         supervised_daemon_s = max(applied.values())
+        progress(f"restarted: API up after {api_up_s:.2f} s, every job supervised after "
+                 f"{supervised_s:.2f} s (daemon's time {supervised_daemon_s:.2f} s); checking")
 
         # Checks.
         client = kreed.client()
@@ -271,15 +319,20 @@ def one_run(args) -> dict:
         engines = engines_by_job(wanted)
         duplicated = sum(1 for procs in engines.values() if len(procs) > 1)
         replaced = sum(1 for job in ids if [p.pid for p in engines[job]] != [pids[job]])
+        client.close()
+
+        # Every job's full event log, with the query GET /v1/jobs/{id}/events
+        # runs, once kreed has stopped (SIGTERM: the engines run on) so that
+        # 200 logs of a few hundred events are not read through a loaded API.
+        kreed.process.send_signal(signal.SIGTERM)
+        kreed.process.wait(60)
         seq_bad = tick_bad = events_total = ticks_total = 0
-        for job_id in ids:
-            events = client.events(job_id)
+        for job_id, events in event_logs(kreed, ids).items():
             bad_seqs, bad_ticks = check_log(events)
             seq_bad += bad_seqs
             tick_bad += bad_ticks
             events_total += len(events)
             ticks_total += sum(1 for e in events if e["type"] == "job.message")
-        client.close()
     finally:
         kreed.stop()
 
@@ -290,6 +343,9 @@ def one_run(args) -> dict:
         "supervised_s": supervised_s,
         "supervised_daemon_s": supervised_daemon_s,
         "supervised_daemon_p50_s": percentile(applied.values(), 50),
+        "kreed_cpu_percent_before_kill": kreed_cpu_percent,
+        "api_ms_before_kill": percentile(api_ms, 50),
+        "proc_scan_ms": scan_ms,
         "jobs_lost": len(lost),
         "jobs_lost_in_restart": lost_in_restart,
         "events_missing": seq_bad + tick_bad,
@@ -312,7 +368,9 @@ def summary(m: dict) -> str:
             f"jobs lost {m['jobs_lost']:.0f}, events missing or doubled {m['events_missing']:.0f} "
             f"(of {m['events_checked']:.0f} events, {m['messages_checked']:.0f} ticks), "
             f"engines duplicated {m['engines_duplicated']:.0f}, replaced {m['engines_replaced']:.0f}, "
-            f"died while down {m['engines_died_while_down']:.0f} (goal: all 0)")
+            f"died while down {m['engines_died_while_down']:.0f} (goal: all 0). Before the kill: "
+            f"kreed at {m['kreed_cpu_percent_before_kill']:.0f}% CPU, GET /state "
+            f"{m['api_ms_before_kill']:.0f} ms, one job's /proc scan {m['proc_scan_ms']:.0f} ms")
 
 
 ARGS = None
