@@ -289,6 +289,30 @@ class KeepAliveClient:
 # -- numbers ----------------------------------------------------------------------
 
 
+def wait_until_running(client: "KeepAliveClient", wanted: set[str], find: Callable[[set[str]], dict],
+                       deadline: float, poll: float = 0.1) -> None:
+    """
+    Wait until every job in C{wanted} is RUNNING and C{find(wanted)} (job id
+    -> processes) shows processes for each.  RUNNING is written as the engine
+    is spawned: until it has exec'ed, its environment does not show the mark.
+    """
+    while True:
+        running = {j["id"] for j in client.jobs_in_state("RUNNING")} & wanted
+        if running == wanted:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(running)} of {len(wanted)} jobs RUNNING")
+        time.sleep(poll)
+    while True:
+        missing = [job for job, found in find(wanted).items() if not found]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no process found for {len(missing)} RUNNING jobs, "
+                               f"e.g. {missing[:3]}")
+        time.sleep(poll)
+
+
 def percentile(values: Iterable[float], p: float) -> float | None:
     """The p-th percentile (0..100), linear between closest ranks; None if empty."""
     data = sorted(values)

@@ -75,25 +75,9 @@ def one_run(args) -> dict:
             ids.append(job["id"])
             kreed.job_ids.add(job["id"])
         wanted = set(ids)
-        deadline = time.monotonic() + args.timeout
-        while True:
-            running = {j["id"] for j in client.jobs_in_state("RUNNING")} & wanted
-            if running == wanted:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {len(running)} of {len(wanted)} jobs RUNNING "
-                                   f"after {args.timeout} s")
-            time.sleep(0.1)
-        # RUNNING is written as the engine is spawned: until it has exec'ed,
-        # its environment does not show the mark yet.
-        while True:
-            procs = processes_by_job(wanted)
-            missing = [job for job, found in procs.items() if not found]
-            if not missing:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no process found for RUNNING jobs {missing}")
-            time.sleep(0.1)
+        harness.wait_until_running(client, wanted, processes_by_job,
+                                   time.monotonic() + args.timeout)
+        procs = processes_by_job(wanted)
         time.sleep(0.5)  # let the last engines get past their start
 
         latencies, answers, processes = [], [], 0

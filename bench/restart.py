@@ -213,24 +213,8 @@ def one_run(args) -> dict:
             kreed.job_ids.add(job["id"])
         wanted = set(ids)
         progress(f"{len(ids)} jobs submitted in {time.monotonic() - t_submitted:.1f} s")
-        while True:
-            running = {j["id"] for j in client.jobs_in_state("RUNNING")} & wanted
-            if running == wanted:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {len(running)} of {len(wanted)} jobs RUNNING "
-                                   f"after {args.timeout} s")
-            time.sleep(0.2)
-        # RUNNING is written as the engine is spawned: its environment shows
-        # the mark only once it has exec'ed.
-        while True:
-            engines = engines_by_job(wanted)
-            missing = [job for job, procs in engines.items() if not procs]
-            if not missing:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no engine found for {len(missing)} RUNNING jobs, e.g. {missing[:3]}")
-            time.sleep(0.2)
+        harness.wait_until_running(client, wanted, engines_by_job, deadline, poll=0.2)
+        engines = engines_by_job(wanted)
         all_running_s = time.monotonic() - t_submitted
         progress(f"all {len(ids)} jobs RUNNING with an engine {all_running_s:.1f} s after the first POST")
         doubled_before = sum(1 for procs in engines.values() if len(procs) > 1)
