@@ -81,6 +81,34 @@ class SupervisorConfig:
 
 
 @attrs.frozen
+class SlurmConfig:
+    # Hand jobs to Slurm (resources.backend = "slurm", or default_backend).
+    enabled: bool = False
+    # Where Slurm jobs' directories go: a path every compute node sees at the
+    # same place.  Empty: <state-dir>/jobs (enough for a single node).
+    job_root: str = ""
+    # The Python on the compute nodes that has kree installed; empty: kreed's own.
+    python: str = ""
+    # Partition for jobs that name none; empty: the cluster's default.
+    partition: str = ""
+    # Directory of sbatch, squeue, scontrol, scancel and sacct; empty: PATH.
+    bin_dir: str = ""
+    # Seconds between the one squeue call that observes every KREE job.
+    poll_seconds: float = 2.0
+    # Seconds between reads of running jobs' events files.
+    events_poll_seconds: float = 0.5
+    # "suspend": scontrol suspend/resume (needs a Slurm operator or admin);
+    # "signal": scancel --signal=STOP/CONT to the job's processes.
+    pause_method: str = "suspend"
+    # KREE jobs handed to Slurm at once (pending or running).
+    max_jobs: int = 1000
+    # More sbatch arguments for every job, e.g. ["--account=physics"].
+    sbatch_args: list[str] = attrs.field(factory=list)
+    # Seconds to wait for one Slurm command before taking it as failed.
+    command_timeout_seconds: float = 30.0
+
+
+@attrs.frozen
 class EventsConfig:
     # Seconds before each retry of a failed delivery; after the last, the
     # delivery is given up.  The default reaches about a day (~1.9 days in all).
@@ -112,16 +140,20 @@ _SECTIONS = {
     "fetch": FetchConfig,
     "supervisor": SupervisorConfig,
     "events": EventsConfig,
+    "slurm": SlurmConfig,
     "log": LogConfig,
 }
 
 _POSITIVE = {("supervisor", "monitor_interval_seconds"), ("server", "max_body_bytes"),
              ("events", "timeout_seconds"), ("events", "max_in_flight"),
-             ("events", "failing_after")}
+             ("events", "failing_after"), ("slurm", "poll_seconds"),
+             ("slurm", "events_poll_seconds"), ("slurm", "max_jobs"),
+             ("slurm", "command_timeout_seconds")}
 
 _CHOICES = {
     ("store", "sqlite_synchronous"): ("normal", "full"),
     ("supervisor", "default_backend"): ("local", "slurm"),
+    ("slurm", "pause_method"): ("suspend", "signal"),
     ("log", "format"): ("auto", "text", "json"),
     ("log", "level"): ("debug", "info", "warn", "error"),
 }
@@ -136,6 +168,7 @@ class Config:
     fetch: FetchConfig = FetchConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
     events: EventsConfig = EventsConfig()
+    slurm: SlurmConfig = SlurmConfig()
     log: LogConfig = LogConfig()
     # The file this came from, if any.
     source: Path | None = None
@@ -155,6 +188,17 @@ class Config:
     @property
     def jobs_dir(self) -> Path:
         return self.state_dir / "jobs"
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        """The execution backends this server offers."""
+        return ("local", "slurm") if self.slurm.enabled else ("local",)
+
+    def job_root(self, backend: str) -> Path:
+        """Where the directories of jobs on C{backend} go."""
+        if backend == "slurm" and self.slurm.job_root:
+            return Path(self.slurm.job_root)
+        return self.jobs_dir
 
     @property
     def cache_dir(self) -> Path:
@@ -271,6 +315,15 @@ def load_config(
             sections["fetch"],
             file_roots=[str(base / root) for root in sections["fetch"].file_roots],
         )
+
+    if "slurm" in sections:
+        slurm = sections["slurm"]
+        sections["slurm"] = attrs.evolve(slurm, **{
+            name: str(base / getattr(slurm, name))
+            for name in ("job_root", "bin_dir") if getattr(slurm, name)})
+    default_backend = sections.get("supervisor", SupervisorConfig()).default_backend
+    if default_backend == "slurm" and not sections.get("slurm", SlurmConfig()).enabled:
+        problems.append('supervisor.default_backend: "slurm" needs [slurm] enabled = true')
 
     if problems:
         raise ConfigError(problems)

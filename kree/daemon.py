@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def prepare_state_dir(config: Config) -> None:
     """Create the state directory and its parts, private to this user."""
     for path in (config.state_dir, config.jobs_dir, config.cache_dir, config.logs_dir,
-                 config.certs_dir):
+                 config.certs_dir, *(config.job_root(b) for b in config.backends)):
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 

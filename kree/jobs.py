@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from kree.errors import InvalidTransition
 from kree.ids import new_job_id
+from kree.jobspec import InvalidJobSpec
 from kree.records import Event, Job, Message
 from kree.states import Action
 from kree.store.events import append_thd
@@ -29,11 +30,41 @@ EventObserver = Callable[[Event], None]
 class JobService:
     log = Logger()
 
-    def __init__(self, store, reactor, jobs_dir: Path) -> None:
+    def __init__(self, store, reactor, jobs_dir: Path, *,
+                 job_roots: dict[str, Path] | None = None,
+                 default_backend: str = "local") -> None:
+        """
+        @param jobs_dir: where job directories go.
+        @param job_roots: per backend, where its jobs' directories go instead
+            (a Slurm job's must be on a file system the compute nodes share);
+            its keys are the backends this server offers (default: local).
+        """
         self._store = store
         self._reactor = reactor
-        self._jobs_dir = Path(jobs_dir)
+        self._job_roots = {name: Path(root) for name, root in
+                           (job_roots or {"local": Path(jobs_dir)}).items()}
+        self._default_backend = default_backend
         self._observers: list[EventObserver] = []
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        return tuple(self._job_roots)
+
+    def placement(self, job_id: str, resources: dict[str, Any] | None) -> tuple[str, str]:
+        """
+        The backend a job runs on (resources.backend, else the default) and
+        its directory there.
+
+        @raise InvalidJobSpec: that backend is not offered here (422).
+        """
+        backend = (resources or {}).get("backend", self._default_backend)
+        root = self._job_roots.get(backend)
+        if root is None:
+            raise InvalidJobSpec(
+                "invalid_resources",
+                f"backend {backend!r} is not enabled on this server "
+                f"(offered: {', '.join(self._job_roots)})", field="backend")
+        return backend, str(root / job_id)
 
     def now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self._reactor.seconds(), datetime.timezone.utc)
@@ -71,11 +102,13 @@ class JobService:
     ) -> Job:
         """Create a job in state NEW; its directory is made at dispatch."""
         job_id = new_job_id(self._reactor.seconds())
+        backend, job_dir = self.placement(job_id, resources)
         job, event = await self._store.jobs.create(
             job_id=job_id,
             frontend_id=frontend_id,
             workflow_uri=workflow_uri,
-            job_dir=str(self._jobs_dir / job_id),
+            backend=backend,
+            job_dir=job_dir,
             user=user,
             parameters=parameters,
             inputs=inputs,

@@ -139,7 +139,10 @@ class KreeDaemon(AsyncMultiService):
         StoreService(self.store).setServiceParent(self)
         if dev:
             DevCredentialsService(config, self.store, reactor).setServiceParent(self)
-        self.jobs = JobService(self.store, reactor, config.jobs_dir)
+        self.jobs = JobService(
+            self.store, reactor, config.jobs_dir,
+            job_roots={name: config.job_root(name) for name in config.backends},
+            default_backend=config.supervisor.default_backend)
         self.fetcher = Fetcher(config, self.store, reactor,
                                freshness_seconds=config.fetch.freshness_seconds)
         self.uploader = OutputUploader(config, reactor)

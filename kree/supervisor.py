@@ -58,7 +58,8 @@ def _disk_full(job_dir: Path) -> bool:
 class Supervisor(Service):
     log = Logger()
 
-    def __init__(self, config, store, jobs, reactor, *, fetcher, uploader=None, backend=None,
+    def __init__(self, config, store, jobs, reactor, *, fetcher, uploader=None,
+                 backends: dict[str, Any] | None = None,
                  stop_jobs_on_exit: bool = False) -> None:
         self._fetcher = fetcher
         self._uploader = uploader
@@ -71,13 +72,17 @@ class Supervisor(Service):
         self.max_running = settings.max_running or os.cpu_count() or 1
         self.max_per_frontend = settings.max_running_per_frontend
         self.grace = settings.stop_grace_seconds
-        if backend is None:
-            from kree.backends.local import LocalBackend
-
-            backend = LocalBackend(reactor, self)
-        self.backend = backend
+        self.default_backend = settings.default_backend
+        if backends is None:
+            backends = self._make_backends(config, reactor)
+        self.backends = backends
+        # How many of a backend's jobs may be handed to it at once.
+        self.limits = {name: self.max_running for name in backends}
+        if "slurm" in backends:
+            self.limits["slurm"] = config.slurm.max_jobs
         self._locks: dict[str, DeferredLock] = {}
         self._running_frontend: dict[str, int] = {}  # job id -> frontend id
+        self._running_backend: dict[str, str] = {}  # job id -> backend name
         self._peak: dict[str, int] = {}
         self._input_timers: dict[str, Any] = {}
         self._kill_timers: dict[str, Any] = {}
@@ -85,6 +90,32 @@ class Supervisor(Service):
         self._dispatch_again = False
         self._monitor = LoopingCall(self._sample)
         self._monitor.clock = reactor
+
+    def _make_backends(self, config, reactor) -> dict[str, Any]:
+        from kree.backends.local import LocalBackend
+
+        backends: dict[str, Any] = {"local": LocalBackend(reactor, self)}
+        if config.slurm.enabled:
+            from kree.backends.slurm import SlurmBackend
+
+            backends["slurm"] = SlurmBackend(reactor, self, config.slurm)
+        return backends
+
+    def backend_of(self, job: Job):
+        """The backend a job runs on (its record's, else the default)."""
+        name = job.backend or self.default_backend
+        try:
+            return self.backends[name]
+        except KeyError:
+            raise KreeError(f"backend {name!r} is not enabled on this server") from None
+
+    def _track(self, job: Job, backend) -> None:
+        self._running_frontend[job.id] = job.frontend_id
+        self._running_backend[job.id] = backend.name
+
+    def _untrack(self, job_id: str) -> None:
+        self._running_frontend.pop(job_id, None)
+        self._running_backend.pop(job_id, None)
 
     # -- service ------------------------------------------------------------------
 
@@ -94,6 +125,10 @@ class Supervisor(Service):
 
     async def _start(self) -> None:
         self._jobs.add_observer(self._observe)
+        for backend in self.backends.values():
+            starting = getattr(backend, "start_service", None)
+            if starting is not None:
+                await starting()
         await self._recover()
         self._monitor.start(self._config.supervisor.monitor_interval_seconds, now=False)
         self.kick()
@@ -117,9 +152,10 @@ class Supervisor(Service):
                     await self._terminate_then_kill(job)
                 except KreeError:
                     pass
-            for job_id in list(self._running_frontend):
-                await self.backend.wait_exited(job_id)
-        await self.backend.detach()
+            for job_id, name in list(self._running_backend.items()):
+                await self.backends[name].wait_exited(job_id)
+        for backend in self.backends.values():
+            await backend.detach()
 
     def _lock(self, job_id: str) -> DeferredLock:
         return self._locks.setdefault(job_id, DeferredLock())
@@ -146,9 +182,9 @@ class Supervisor(Service):
             return
         if action == Action.PAUSE.value:
             self._cancel_input_timer(job_id)
-            self._in_background(self._act(job_id, self.backend.pause))
+            self._in_background(self._act(job_id, "pause"))
         elif action == Action.RESUME.value:
-            self._in_background(self._act(job_id, self.backend.resume))
+            self._in_background(self._act(job_id, "resume"))
             if new == JobState.WAITING.value:
                 self._in_background(self._arm_input_timer(job_id))
         elif action == Action.ASK_INPUT.value and new == JobState.WAITING.value:
@@ -156,9 +192,14 @@ class Supervisor(Service):
         elif action == Action.STOP.value:
             self._in_background(self._act(job_id, self._terminate_then_kill))
         elif action == Action.KILL.value:
-            self._in_background(self._act(job_id, self.backend.kill))
+            self._in_background(self._act(job_id, "kill"))
 
     async def _act(self, job_id: str, operation) -> None:
+        """
+        Carry out C{operation} on a job's engine under the job's lock: a
+        backend method's name ("pause", "kill", ...) or a coroutine function
+        taking the job.
+        """
         async with self._lock(job_id):
             if job_id not in self._running_frontend:
                 return
@@ -166,17 +207,20 @@ class Supervisor(Service):
                 job = await self._store.jobs.get(job_id)
             except JobNotFound:
                 return
+            if isinstance(operation, str):
+                operation = getattr(self.backends[self._running_backend[job_id]], operation)
             await operation(job)
 
     async def _terminate_then_kill(self, job: Job) -> None:
-        await self.backend.terminate(job)
+        backend = self.backends[self._running_backend.get(job.id) or self.backend_of(job).name]
+        await backend.terminate(job)
 
         def kill() -> None:
             self._kill_timers.pop(job.id, None)
             if job.id in self._running_frontend:
                 self.log.warn("job {job_id}: engine still running {grace} s after SIGTERM; "
                               "killing it", job_id=job.id, grace=self.grace)
-                self._in_background(self.backend.kill(job))
+                self._in_background(backend.kill(job))
 
         self._kill_timers[job.id] = self._reactor.callLater(self.grace, kill)
 
@@ -200,30 +244,51 @@ class Supervisor(Service):
         finally:
             self._dispatching = False
 
+    def _count(self, backend: str) -> int:
+        return sum(1 for name in self._running_backend.values() if name == backend)
+
     async def _dispatch_once(self) -> None:
-        while self.running and len(self._running_frontend) < self.max_running:
+        for name in self.backends:
+            await self._dispatch_to(name)
+
+    async def _dispatch_to(self, name: str) -> None:
+        limit = self.limits[name]
+        while self.running and self._count(name) < limit:
             full = []
             if self.max_per_frontend:
                 counts: dict[int, int] = {}
                 for frontend in self._running_frontend.values():
                     counts[frontend] = counts.get(frontend, 0) + 1
                 full = [f for f, n in counts.items() if n >= self.max_per_frontend]
-            free = self.max_running - len(self._running_frontend)
-            candidates = await self._store.jobs.next_queued(free, full)
+            free = limit - self._count(name)
+            # Jobs a batch system holds stay QUEUED while they are pending.
+            handed = [job_id for job_id, b in self._running_backend.items() if b == name]
+            candidates = await self._store.jobs.next_queued(
+                free, full, backend=name, default_backend=name == self.default_backend,
+                exclude_ids=handed)
             if not candidates:
                 return
             for job in candidates:
-                if len(self._running_frontend) >= self.max_running:
+                if self._count(name) >= limit:
                     return
-                await self._start_job(job)
+                await self._start_job(job, self.backends[name])
 
-    async def _start_job(self, job: Job) -> None:
+    async def _start_job(self, job: Job, backend) -> None:
+        """
+        Stage, prepare and start a QUEUED job.  A backend that runs engines
+        at once (local) has the job RUNNING before its engine starts, so that
+        a pause or stop that arrives meanwhile finds it; a batch backend
+        (C{backend.batch}) keeps it QUEUED until the batch system starts it
+        (L{engine_started}).
+        """
         async with self._lock(job.id):
-            self._running_frontend[job.id] = job.frontend_id  # the slot is taken
+            if job.id in self._running_frontend:
+                return  # handed to its backend already
+            self._track(job, backend)  # the slot is taken
             try:
                 staged = await self._stage_inputs(job)
             except KreeError as e:
-                self._running_frontend.pop(job.id, None)
+                self._untrack(job.id)
                 try:
                     await self._jobs.apply(job.id, Action.FAIL, reason=e.message,
                                            updates={"error": e.message})
@@ -231,17 +296,23 @@ class Supervisor(Service):
                     pass
                 return
             try:
-                job = await self._jobs.apply(job.id, Action.DISPATCH, reason="dispatched",
-                                             updates={"backend": self.backend.name})
+                if getattr(backend, "batch", False):
+                    job = await self._store.jobs.get(job.id)
+                    if job.state is not JobState.QUEUED:
+                        raise InvalidTransition(job.state, Action.DISPATCH)
+                else:
+                    job = await self._jobs.apply(job.id, Action.DISPATCH, reason="dispatched",
+                                                 updates={"backend": backend.name})
             except (InvalidTransition, JobNotFound):
-                self._running_frontend.pop(job.id, None)
+                self._untrack(job.id)
                 return  # paused, stopped or deleted since it was queued
             try:
                 await self._prepare(job, staged)
-                ref = await self.backend.start(job)
-                await self._store.jobs.update_runtime(job.id, backend_ref=ref)
+                ref = await backend.start(job)
+                await self._store.jobs.update_runtime(job.id, backend=backend.name,
+                                                      backend_ref=ref)
             except Exception as e:
-                self._running_frontend.pop(job.id, None)
+                self._untrack(job.id)
                 reason = e.message if isinstance(e, KreeError) else f"the engine could not start: {e}"
                 if not isinstance(e, KreeError):
                     self.log.failure("job {job_id}: start failed", job_id=job.id)
@@ -289,8 +360,20 @@ class Supervisor(Service):
         except JobNotFound:
             pass  # deleted while it ran
 
-    async def engine_exited(self, job_id: str, *, ended: bool, adopted: bool) -> None:
-        self._running_frontend.pop(job_id, None)
+    async def engine_started(self, job_id: str, detail: str) -> None:
+        """A batch system started a job it held: QUEUED becomes RUNNING."""
+        try:
+            await self._jobs.apply(job_id, Action.DISPATCH, reason=detail)
+        except (InvalidTransition, JobNotFound):
+            pass  # paused, stopped or deleted meanwhile; the backend acts on that
+
+    async def engine_exited(self, job_id: str, *, ended: bool, adopted: bool,
+                            reason: str | None = None) -> None:
+        """
+        @param reason: why the job failed, when the backend knows better than
+            the engine's end event (a batch system's time or memory limit).
+        """
+        self._untrack(job_id)
         self._peak.pop(job_id, None)
         self._cancel_input_timer(job_id)
         timer = self._kill_timers.pop(job_id, None)
@@ -302,7 +385,7 @@ class Supervisor(Service):
             except JobNotFound:
                 job = None
             if job is not None and not job.state.terminal:
-                reason = LOST if adopted else VANISHED
+                reason = reason or (LOST if adopted else VANISHED)
                 if await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
                                            _disk_full, Path(job.job_dir)):
                     reason = DISK_FULL
@@ -357,7 +440,7 @@ class Supervisor(Service):
             job = await self._jobs.apply(job.id, Action.ANSWER, reason="answered",
                                          frontend_id=frontend_id)
             self._cancel_input_timer(job.id)
-            await self.backend.answer(job, n, answers)
+            await self.backend_of(job).answer(job, n, answers)
             return job
 
     async def _arm_input_timer(self, job_id: str) -> None:
@@ -379,7 +462,7 @@ class Supervisor(Service):
                                          updates={"error": "input timeout"})
         except (InvalidTransition, JobNotFound):
             return
-        await self._act(job.id, self.backend.kill)
+        await self._act(job.id, "kill")
 
     def _cancel_input_timer(self, job_id: str) -> None:
         timer = self._input_timers.pop(job_id, None)
@@ -401,7 +484,7 @@ class Supervisor(Service):
         job = await self._store.jobs.get(job_id)
         if job.state.terminal:
             return
-        usage = await self.backend.usage(job)
+        usage = await self.backends[self._running_backend[job_id]].usage(job)
         peak = max(self._peak.get(job_id, 0), usage.rss_bytes, job.peak_memory_bytes or 0)
         self._peak[job_id] = peak
         await self._store.jobs.update_runtime(job_id, cpu_seconds=round(usage.cpu_seconds, 3),
@@ -411,7 +494,7 @@ class Supervisor(Service):
         if walltime and job.running_time(self._jobs.now()) > walltime:
             await self._limit(job, "walltime", self._terminate_then_kill)
         elif memory and usage.rss_bytes > memory:
-            await self._limit(job, "memory", self.backend.kill)
+            await self._limit(job, "memory", "kill")
 
     async def _limit(self, job: Job, reason: str, operation) -> None:
         try:
@@ -425,31 +508,38 @@ class Supervisor(Service):
 
     async def release(self, job_id: str) -> None:
         """Before a job's directory is removed: its engine must be gone."""
-        if job_id in self._running_frontend:
-            await self._act(job_id, self.backend.kill)
-            await self.backend.wait_exited(job_id)
+        name = self._running_backend.get(job_id)
+        if name is not None:
+            await self._act(job_id, "kill")
+            await self.backends[name].wait_exited(job_id)
 
     # -- restart ------------------------------------------------------------------------------------
 
     async def _recover(self) -> None:
         adopted = 0
-        for job_id, raw_state in await self._store.jobs.active_ids():
+        candidates = await self._store.jobs.active_ids()
+        for name, backend in self.backends.items():
+            if getattr(backend, "batch", False):
+                candidates += await self._store.jobs.submitted_ids(name)
+        for job_id, raw_state in candidates:
             try:
                 job = await self._store.jobs.get(job_id)
-                if job.state is JobState.PAUSED and job.paused_from is JobState.QUEUED:
-                    continue  # held before it ever ran: nothing to adopt
+                if (job.state is JobState.PAUSED and job.paused_from is JobState.QUEUED
+                        and not job.backend_ref):
+                    continue  # held before it was handed to a backend: nothing to adopt
                 if job.state is JobState.PAUSED and job.paused_from is None:
                     raise ValueError("PAUSED without the state it was paused from")
-                self._running_frontend[job.id] = job.frontend_id
-                alive = await self.backend.adopt(job)
+                backend = self.backend_of(job)
+                self._track(job, backend)
+                alive = await backend.adopt(job)
                 if alive:
                     adopted += 1
                     if job.state is JobState.PAUSED:
-                        await self.backend.pause(job)  # anything forked meanwhile stops too
+                        await backend.pause(job)  # anything forked meanwhile stops too
                     elif job.state is JobState.WAITING:
                         await self._arm_input_timer(job.id)
             except Exception as e:
-                self._running_frontend.pop(job_id, None)
+                self._untrack(job_id)
                 reason = f"its record could not be understood ({type(e).__name__}: {e})"
                 self.log.failure("job {job_id} (state {state!r}) quarantined", job_id=job_id,
                                  state=raw_state)
@@ -463,3 +553,15 @@ class Supervisor(Service):
     @property
     def running_count(self) -> int:
         return len(self._running_frontend)
+
+    async def backend_status(self) -> list[dict[str, Any]]:
+        """Per backend: its name, jobs handed to it, its limit, and what it says."""
+        out = []
+        for name, backend in self.backends.items():
+            entry: dict[str, Any] = {"name": name, "jobs": self._count(name),
+                                     "limit": self.limits[name]}
+            describe = getattr(backend, "status", None)
+            if describe is not None:
+                entry.update(await describe())
+            out.append(entry)
+        return out

@@ -324,8 +324,10 @@ class JobsApi:
     async def put_resources(self, call: Call) -> dict[str, Any]:
         job = await self._job(call)
         resources = self._check_resources(call.json_object())
+        backend, job_dir = self._jobs.placement(job.id, resources)
         detail = await self._store.jobs.update_new(
-            job.id, what="set resources", frontend_id=call.frontend.id, resources=resources
+            job.id, what="set resources", frontend_id=call.frontend.id, resources=resources,
+            backend=backend, job_dir=job_dir,
         )
         return {"id": job.id, "resources": detail.job.resources}
 

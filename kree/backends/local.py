@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,52 +32,12 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from kree.backends import EngineObserver, proctree
+from kree.backends.eventfile import EventTail, write_answer_file
 from kree.records import Job
 
 # How often an adopted engine (no pipe to wake us) is checked, in seconds.
 POLL_SECONDS = 0.25
 ENGINE_ENV_DROP = ("KREE_STATE_DIR", "KREE_URL", "KREE_CERT", "KREE_KEY", "KREE_CA")
-
-
-class EventTail:
-    """Reads the complete new lines of an events file, skipping the first N."""
-
-    def __init__(self, path: Path, skip: int) -> None:
-        self.path = path
-        self.consumed = skip
-        self._skip = skip
-        self._offset = 0
-        self._partial = b""
-        self.saw_end = False
-
-    def read(self) -> list[dict[str, Any]]:
-        """Blocking (call in a thread): the new complete lines, parsed."""
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                data = f.read(4 * 1024 * 1024)
-        except FileNotFoundError:
-            return []
-        self._offset += len(data)
-        data = self._partial + data
-        *complete, self._partial = data.split(b"\n")
-        lines = []
-        for raw in complete:
-            if self._skip:
-                self._skip -= 1
-                continue
-            self.consumed += 1
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                line = {"type": "message", "level": "warning", "actor": "kree",
-                        "text": "the engine wrote an unreadable event line"}
-            if not isinstance(line, dict):
-                continue
-            if line.get("type") == "end":
-                self.saw_end = True
-            lines.append(line)
-        return lines
 
 
 class EngineProcess(protocol.ProcessProtocol):
@@ -267,7 +226,7 @@ class LocalBackend:
         if engine is not None and engine.process is not None and not engine.exited:
             if engine.process.write_stdin(line):
                 return
-        await self.in_thread(_write_answer_file, Path(job.job_dir), n, line)
+        await self.in_thread(write_answer_file, Path(job.job_dir), n, line)
 
     async def usage(self, job: Job) -> proctree.Usage:
         return await self.in_thread(proctree.usage, self._ref(job), job.id)
@@ -287,11 +246,3 @@ class LocalBackend:
     def running(self) -> int:
         return len(self.engines)
 
-
-def _write_answer_file(job_dir: Path, n: int, line: bytes) -> None:
-    answers = job_dir / "answers"
-    answers.mkdir(mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=answers, prefix=f".{n}-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(line)
-    os.replace(tmp, answers / f"{n}.json")

@@ -1,7 +1,7 @@
 """
 The engine's commands.
 
-    python -m kree.engine run JOBDIR
+    python -m kree.engine run [--no-events-fd] JOBDIR
     python -m kree.engine validate FILE [--param NAME=VALUE ...] [--policy FILE]
     python -m kree.engine params FILE
     python -m kree.engine actors | software
@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="run the job in JOBDIR (DESIGN.md section 5)")
     run.add_argument("job_dir", metavar="JOBDIR")
+    run.add_argument("--no-events-fd", action="store_true",
+                     help="write events only to JOBDIR/events.jsonl, never to fd 3 (batch "
+                          "systems such as Slurm leave descriptors of their own open there)")
     validate = commands.add_parser("validate", help="check a workflow without running it")
     validate.add_argument("file", metavar="FILE")
     validate.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
@@ -119,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
             os.setsid()
         except OSError:
             pass  # already a session leader
-        sys.exit(run_job(Path(args.job_dir), stdin_fd=stdin_fd()))
+        sys.exit(run_job(Path(args.job_dir), stdin_fd=stdin_fd(),
+                         use_fd3=not args.no_events_fd))
     if args.command == "validate":
         sys.exit(command_validate(args))
     if args.command == "params":

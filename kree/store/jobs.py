@@ -28,8 +28,8 @@ TRANSITION_FIELDS = frozenset(
 )
 # Fields the supervisor may update in any state (monitoring, bookkeeping).
 RUNTIME_FIELDS = frozenset(
-    {"exit_code", "error", "progress", "cpu_seconds", "peak_memory_bytes", "backend_ref",
-     "events_consumed"}
+    {"exit_code", "error", "progress", "cpu_seconds", "peak_memory_bytes", "backend",
+     "backend_ref", "events_consumed"}
 )
 ACTIVE_STATES = (JobState.RUNNING.value, JobState.WAITING.value, JobState.PAUSED.value)
 
@@ -88,6 +88,7 @@ class JobsStore:
         frontend_id: int,
         workflow_uri: str,
         job_dir: str,
+        backend: str | None = None,
         user: str | None = None,
         parameters: dict[str, Any] | None = None,
         inputs: dict[str, str] | None = None,
@@ -108,6 +109,7 @@ class JobsStore:
                 priority=priority,
                 created_at=now,
                 job_dir=job_dir,
+                backend=backend,
                 resources=resources or {},
                 workflow_sha256=workflow_sha256,
             )
@@ -272,17 +274,48 @@ class JobsStore:
 
     # -- the supervisor's queries --------------------------------------------
 
-    async def next_queued(self, limit: int, exclude_frontends=()) -> list[Job]:
-        return await self._pool.run(self.next_queued_thd, limit, tuple(exclude_frontends))
+    async def next_queued(self, limit: int, exclude_frontends=(), **kwargs) -> list[Job]:
+        return await self._pool.run(self.next_queued_thd, limit, tuple(exclude_frontends),
+                                    **kwargs)
 
-    def next_queued_thd(self, conn, limit: int, exclude_frontends=()) -> list[Job]:
-        """QUEUED jobs in dispatch order: higher priority first, then first queued."""
+    def next_queued_thd(self, conn, limit: int, exclude_frontends=(), *,
+                        backend: str | None = None, default_backend: bool = True,
+                        exclude_ids=()) -> list[Job]:
+        """
+        QUEUED jobs in dispatch order: higher priority first, then first queued.
+
+        @param backend: only jobs on this backend; with C{default_backend},
+            also jobs whose record names none (created before backends were
+            recorded at creation).
+        @param exclude_ids: jobs already handed to a backend (a Slurm job
+            stays QUEUED while it is pending there).
+        """
         jobs = model.jobs
         query = (sa.select(jobs).where(jobs.c.state == JobState.QUEUED.value)
                  .order_by(jobs.c.priority.desc(), jobs.c.queued_at, jobs.c.id).limit(limit))
         if exclude_frontends:
             query = query.where(jobs.c.frontend_id.not_in(exclude_frontends))
+        if backend is not None:
+            on = jobs.c.backend == backend
+            query = query.where(sa.or_(on, jobs.c.backend.is_(None)) if default_backend else on)
+        if exclude_ids:
+            query = query.where(jobs.c.id.not_in(list(exclude_ids)))
         return [_job(row) for row in conn.execute(query)]
+
+    async def submitted_ids(self, backend: str) -> list[tuple[str, str]]:
+        return await self._pool.run(self.submitted_ids_thd, backend)
+
+    def submitted_ids_thd(self, conn, backend: str) -> list[tuple[str, str]]:
+        """
+        (id, raw state) of QUEUED jobs on C{backend} that were handed to it
+        (they have a backend reference): a batch system holds them while they
+        are pending, so a restart must adopt them too.
+        """
+        jobs = model.jobs
+        rows = conn.execute(sa.select(jobs.c.id, jobs.c.state, jobs.c.backend_ref)
+                            .where(jobs.c.state == JobState.QUEUED.value,
+                                   jobs.c.backend == backend).order_by(jobs.c.id))
+        return [(job_id, state) for job_id, state, ref in rows if ref]
 
     async def active_ids(self) -> list[tuple[str, str]]:
         return await self._pool.run(self.active_ids_thd)
@@ -445,11 +478,13 @@ class JobsStore:
         parameters: dict[str, Any] | None = None,
         inputs: dict[str, str] | None = None,
         resources: dict[str, Any] | None = None,
+        backend: str | None = None,
+        job_dir: str | None = None,
     ) -> JobDetail:
         """
         Change parameters (merged; None removes one), inputs or resources
-        (replaced) of a job that is still NEW; the state check and the change
-        are one transaction.
+        (replaced, with the backend and job directory they imply) of a job
+        that is still NEW; the state check and the change are one transaction.
 
         @param what: the change, for the error message ("set parameters").
         @raise InvalidTransition: the job is no longer NEW.
@@ -467,7 +502,9 @@ class JobsStore:
             conn.execute(
                 model.jobs.update()
                 .where(model.jobs.c.id == job_id)
-                .values(resources=resources, priority=resources.get("priority", 0))
+                .values(resources=resources, priority=resources.get("priority", 0),
+                        **({"backend": backend} if backend else {}),
+                        **({"job_dir": job_dir} if job_dir else {}))
             )
         return self.get_detail_thd(conn, job_id)
 
