@@ -1002,10 +1002,24 @@ def daemon_status(config: Config, args) -> dict[str, Any]:
         f"state directory: {status['state_dir']}",
         f"database: {status['store']} ({status['schema']})",
         f"jobs: {jobs or 'none'}",
-        f"queue: {status['queue_length']} waiting; engines: {status['running_engines']} of "
-        f"{status['max_running']} running (backends: {', '.join(status['backends'])})",
-        f"subscriptions: {status['subscriptions']['active']} active, {len(failing)} failing",
-    ] + [f"  failing: {f['id']} {f['url']} ({f['last_error']})" for f in failing]
+        f"queue: {status['queue_length']} waiting; engines: {status['running_engines']} "
+        f"running",
+    ]
+    for backend in status["backends"]:
+        line = f"backend {backend['name']}: {backend['jobs']} of {backend['limit']} jobs"
+        if "controller" in backend:
+            accounting = {True: "yes", False: "no", None: "not asked yet"}[backend["accounting"]]
+            line += (f"; controller {backend['controller']}; pause by "
+                     f"{backend['pause_method']}; accounting {accounting}")
+        lines.append(line)
+        for entry in backend.get("queue", []):
+            lines.append(f"  {entry['job']}  Slurm job {entry['slurm_job_id']}  "
+                         f"{entry['state'] or '?'}"
+                         + (f"  {entry['reason']}" if entry['reason'] not in ("", "None") else "")
+                         + (f"  on {entry['node']}" if entry['node'] else ""))
+    lines.append(
+        f"subscriptions: {status['subscriptions']['active']} active, {len(failing)} failing")
+    lines += [f"  failing: {f['id']} {f['url']} ({f['last_error']})" for f in failing]
     return {**status, "text": "\n".join(lines)}
 
 

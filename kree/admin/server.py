@@ -149,7 +149,7 @@ class AdminCommands:
             "queue_length": counts.get("QUEUED", 0),
             "running_engines": daemon.supervisor.running_count,
             "max_running": daemon.supervisor.max_running,
-            "backends": ["local"],
+            "backends": await daemon.supervisor.backend_status(),
             "subscriptions": {
                 "active": sum(s.status == "active" for s in subs),
                 "failing": [{"id": s.id, "url": s.url, "last_error": s.last_error}

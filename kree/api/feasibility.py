@@ -75,8 +75,12 @@ class FeasibilityApi:
     def _resource_reasons(self, resources: dict[str, Any]) -> list[str]:
         reasons = []
         backend = resources.get("backend", self._config.supervisor.default_backend)
+        if backend not in self._config.backends:
+            reasons.append(f"backend {backend}: not available on this server "
+                           f"(offered: {', '.join(self._config.backends)})")
+            return reasons
         if backend != "local":
-            reasons.append(f"backend {backend}: not available on this server (local only)")
+            return reasons  # the batch system judges CPUs and memory of its nodes
         cores = os.cpu_count() or 1
         if resources.get("cpus", 1) > cores:
             reasons.append(f"cpus {resources['cpus']}: this machine has {cores}")

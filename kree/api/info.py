@@ -51,7 +51,7 @@ class InfoApi:
             "time": isoformat(self._jobs.now()),
             "states": [s.value for s in JobState],
             "engines": [ENGINE],
-            "backends": ["local"],
+            "backends": list(self._config.backends),
             "limits": {
                 "max_body_bytes": self._config.server.max_body_bytes,
                 "max_page": MAX_PAGE,
@@ -87,7 +87,7 @@ class InfoApi:
             "actors": actors,
             "policy": policy,
             "software": software,
-            "backends": ["local"],
+            "backends": list(self._config.backends),
         }
 
     async def openapi(self, call: Call) -> dict[str, Any]:

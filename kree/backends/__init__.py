@@ -10,7 +10,12 @@ through L{EngineObserver}: the lines of JOBDIR/events.jsonl in order, with
 the count consumed so far, and the engine's exit.
 
 kree.backends.local runs engines as processes on this machine; a batch
-system (kree.backends.slurm) implements the same interface.
+system (kree.backends.slurm) implements the same interface.  A backend whose
+C{batch} attribute is true holds jobs pending: the job stays QUEUED after
+C{start} until the backend reports L{EngineObserver.engine_started}, and a
+restart adopts its QUEUED jobs too.  A backend may also offer
+C{start_service()} (awaited before jobs are adopted) and C{status()} (what
+C{kree-admin status} shows of it).
 """
 
 from __future__ import annotations
@@ -25,12 +30,20 @@ class EngineObserver(Protocol):
                             consumed: int) -> None:
         """New lines of the job's events.jsonl; C{consumed} counts all applied so far."""
 
-    async def engine_exited(self, job_id: str, *, ended: bool, adopted: bool) -> None:
-        """The engine is gone; C{ended}: it wrote its end event before going."""
+    async def engine_started(self, job_id: str, detail: str) -> None:
+        """A batch backend's job has started (QUEUED becomes RUNNING)."""
+
+    async def engine_exited(self, job_id: str, *, ended: bool, adopted: bool,
+                            reason: str | None = None) -> None:
+        """
+        The engine is gone; C{ended}: it wrote its end event before going;
+        C{reason}: why the job failed, when the backend knows (a time limit).
+        """
 
 
 class Backend(Protocol):
     name: str
+    batch: bool
 
     async def start(self, job: Job) -> dict[str, Any]:
         """Start the engine of a prepared job; what the store keeps to find it again."""

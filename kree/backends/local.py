@@ -129,6 +129,7 @@ class LocalEngine:
 
 class LocalBackend:
     name = "local"
+    batch = False
     log = Logger()
 
     def __init__(self, reactor, observer: EngineObserver, *, python: str = sys.executable) -> None:
