@@ -4,7 +4,7 @@
 #
 #   etc/slurm-single-node.sh install   apt-get install slurm-wlm munge (if missing)
 #   etc/slurm-single-node.sh start     write slurm.conf, start munged, slurmctld, slurmd
-#   etc/slurm-single-node.sh stop      stop the three daemons (by their pid files)
+#   etc/slurm-single-node.sh stop      stop slurmd, slurmctld and munged (by their pid files)
 #   etc/slurm-single-node.sh status    sinfo and squeue
 #
 # State, spool, logs and pid files live in $KREE_SLURM_DIR (default
@@ -111,6 +111,9 @@ stop() {
     alive "$DIR/slurmd.pid" || alive "$DIR/slurmctld.pid" || break
     sleep 0.25
   done
+  if alive /run/munge/munged.pid; then
+    kill "$(cat /run/munge/munged.pid)"
+  fi
   say "stopped"
 }
 

@@ -1,0 +1,101 @@
+"""
+kill -9 of kreed while Slurm runs its jobs, then a restart: Slurm kept the
+jobs, and the daemon re-adopts each by the Slurm job id in its record.  While
+the daemon is down one job finishes and a pending one starts and finishes;
+a paused one stays suspended.  Afterwards every job ends right, no event is
+missing or doubled, and no job was submitted to Slurm twice.
+"""
+
+import time
+
+from live import LiveKree, submit, wait_for_state
+from slurm_cluster import SLURM_CONFIG, require_slurm, slurm_job, slurm_jobs
+
+TERMINAL = ("FINISHED", "FAILED", "ABORTED")
+ON_SLURM = {"backend": "slurm"}
+
+
+def messages(client, job_id):
+    return [m["text"] for m in client.get(f"/v1/jobs/{job_id}/messages?limit=500").json["messages"]]
+
+
+def check_log(client, job_id):
+    events = client.get(f"/v1/jobs/{job_id}/events?limit=500").json["events"]
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(1, len(seqs) + 1)), seqs
+    state, path = "NEW", []
+    for event in events:
+        if event["type"] == "job.state":
+            assert event["data"]["from"] == state, events
+            state = event["data"]["to"]
+            path.append(state)
+    return path
+
+
+def wait_slurm_state(job_id, states, timeout=30):
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = slurm_jobs(job_id)
+        if rows and rows[0][1] in states:
+            return rows[0]
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.1)
+
+
+def test_kill_9_while_slurm_runs_the_jobs(tmp_path):
+    require_slurm()
+    server = LiveKree(tmp_path, frontends=("portal",), config_text=SLURM_CONFIG).start()
+    client = server.client("portal")
+    try:
+        running = submit(client, "sleep-loop.xml", resources=ON_SLURM, parameters={
+            ".sleeper.period": 100, ".sleeper.SDF Director.iterations": 40})
+        waiting = submit(client, "ask-input.xml", resources=ON_SLURM)
+        wait_for_state(client, running["id"], "RUNNING", timeout=30)
+        wait_for_state(client, waiting["id"], "WAITING", timeout=30)
+        # The node's two CPUs are taken: this one waits in Slurm, QUEUED here.
+        pending = submit(client, "sleep-loop.xml", resources=ON_SLURM, parameters={
+            ".sleeper.period": 100, ".sleeper.SDF Director.iterations": 5})
+        wait_slurm_state(pending["id"], {"PENDING"})
+        paused = client.post(f"/v1/jobs/{waiting['id']}/pause").json
+        assert paused["paused_from"] == "WAITING"
+        wait_slurm_state(waiting["id"], {"SUSPENDED"})
+        assert client.get(f"/v1/jobs/{pending['id']}/state").json["state"] == "QUEUED"
+
+        server.process.kill()
+        server.process.wait()
+        server._stderr.close()
+        # Meanwhile Slurm finishes the running job and starts the pending one.
+        wait_slurm_state(running["id"], {"COMPLETED"})
+        wait_slurm_state(pending["id"], {"RUNNING", "COMPLETING", "COMPLETED"})
+
+        restarted = time.monotonic()
+        server.start()
+        client = server.client("portal")
+        assert wait_for_state(client, running["id"], TERMINAL, timeout=20)["state"] == "FINISHED"
+        assert time.monotonic() - restarted < 15
+        assert wait_for_state(client, pending["id"], TERMINAL, timeout=30)["state"] == "FINISHED"
+        assert client.get(f"/v1/jobs/{waiting['id']}/state").json["state"] == "PAUSED"
+        assert slurm_job(waiting["id"])[1] == "SUSPENDED"
+
+        assert client.post(f"/v1/jobs/{waiting['id']}/resume").json["state"] == "WAITING"
+        wait_slurm_state(waiting["id"], {"RUNNING"})
+        reply = client.post(f"/v1/jobs/{waiting['id']}/input",
+                            {"answers": {"name": "Kim", "count": 3}})
+        assert reply.status == 200, reply.body
+        assert wait_for_state(client, waiting["id"], TERMINAL, timeout=30)["state"] == "FINISHED"
+
+        assert messages(client, running["id"]) == [str(i) for i in range(40)]
+        assert messages(client, pending["id"]) == [str(i) for i in range(5)]
+        assert messages(client, waiting["id"]) == ["Hello Kim x3"]
+        assert check_log(client, running["id"]) == ["QUEUED", "RUNNING", "FINISHED"]
+        assert check_log(client, pending["id"]) == ["QUEUED", "RUNNING", "FINISHED"]
+        assert check_log(client, waiting["id"]) == [
+            "QUEUED", "RUNNING", "WAITING", "PAUSED", "WAITING", "RUNNING", "FINISHED"]
+        for job in (running, waiting, pending):
+            assert len(slurm_jobs(job["id"])) == 1  # submitted once, adopted after
+        assert "re-adopted" in server.log
+    finally:
+        for job in client.get("/v1/jobs?limit=100").json["jobs"]:
+            if job["state"] not in TERMINAL:
+                client.post(f"/v1/jobs/{job['id']}/kill")
+        server.stop()
