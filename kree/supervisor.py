@@ -1,11 +1,16 @@
 """
 The supervisor: turns QUEUED jobs into running engines, and keeps watch.
 
-- Dispatch: QUEUED jobs in order (priority, then time queued) while the
-  concurrency limit ([supervisor] max_running, 0 = cores) and the per-frontend
-  limit allow.  A job becomes RUNNING before its engine starts (so a pause or
-  stop that arrives meanwhile finds it), and FAILS with the reason if its
-  directory cannot be prepared or its engine cannot start.
+- Backends: each job runs on the backend its record names (chosen at
+  creation: resources.backend, else [supervisor] default_backend):
+  kree.backends.local, and kree.backends.slurm when [slurm] enabled.
+- Dispatch: per backend, QUEUED jobs in order (priority, then time queued)
+  while that backend's limit (local: [supervisor] max_running, 0 = cores;
+  slurm: [slurm] max_jobs) and the per-frontend limit allow.  On the local
+  backend a job becomes RUNNING before its engine starts (so a pause or stop
+  that arrives meanwhile finds it); a batch backend keeps it QUEUED, handed
+  over, until the batch system starts it.  A job FAILS with the reason if its
+  directory cannot be prepared or its engine cannot start (or be submitted).
 - Actions: it observes the job service.  A pause, resume, stop or kill that a
   frontend or an admin applied is carried out on the engine's process tree
   (SIGSTOP, SIGCONT, SIGTERM then SIGKILL after the grace period, SIGKILL).
@@ -16,7 +21,8 @@ The supervisor: turns QUEUED jobs into running engines, and keeps watch.
   "walltime"), one over its memory is killed (FAILED, reason "memory"); a
   WAITING job past its input_timeout FAILS ("input timeout").
 - Restart: on start it re-adopts the engines of RUNNING, WAITING and PAUSED
-  jobs (never a recycled pid), replays the events they wrote meanwhile, and
+  jobs (never a recycled pid), and the QUEUED jobs a batch system holds,
+  replays the events they wrote meanwhile, and
   fails those whose engine vanished without an end event ("lost during daemon
   restart").  A record that cannot be understood is quarantined.
 - Shutdown: engines keep running and are re-adopted next time, unless

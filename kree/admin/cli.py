@@ -171,9 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.set_defaults(handler=frontend_revoke)
 
     status = commands.add_parser(
-        "status", help="is kreed up; jobs by state, queue, engines, failing subscriptions",
-        description="Ask the running kreed (admin socket) for its status. When it is not "
-        "running, say so (exit 1) and show what the database holds.")
+        "status", help="is kreed up; jobs by state, queue, backends, failing subscriptions",
+        description="Ask the running kreed (admin socket) for its status: jobs by state, "
+        "each execution backend with its jobs and limit (for Slurm: whether the "
+        "controller answers, and KREE's jobs in its queue with Slurm's job id, state, "
+        "reason and node), and failing subscriptions. When it is not running, say so "
+        "(exit 1) and show what the database holds.")
     status.set_defaults(handler=daemon_status)
     _add_jobs_commands(commands)
     _add_actors_commands(commands)

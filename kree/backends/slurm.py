@@ -33,7 +33,7 @@ job has ended, so that Slurm's verdict (a time limit, a node failure) wins over
 the exit code of an engine that Slurm signalled.  Answers to a WAITING prompt
 go as JOBDIR/answers/<n>.json, which the engine watches.
 
-Actions.  Pause: C{scontrol hold} while pending, else C{scontrol suspend}
+Actions.  Pause: C{scontrol uhold} while pending, else C{scontrol suspend}
 (or, with C{pause_method = "signal"}, C{scancel --signal=STOP --full});
 resume undoes what pause did.  Stop: C{scancel --batch --signal=TERM} (the
 engine finishes its firing), then C{scancel} after the grace period.  Kill:
@@ -532,7 +532,7 @@ class SlurmBackend:
             return
         state = await self._state_now(followed)
         if state in PENDING_STATES:
-            await self.run("scontrol", "hold", str(followed.slurm_id))
+            await self.run("scontrol", "uhold", str(followed.slurm_id))
             followed.held = True
         elif state in STARTED_STATES and not (followed.suspended or followed.stopped):
             if self.settings.pause_method == "suspend":

@@ -4,11 +4,17 @@ The engine's side of the engine protocol (DESIGN.md section 5).
 Events: one JSON object per line, appended and flushed to
 C{JOBDIR/events.jsonl} first, then written to file descriptor 3 when the
 daemon gave one.  The daemon may be gone (engines outlive it), so a broken
-or missing fd 3 is not an error: the file is the record.
+or missing fd 3 is not an error: the file is the record.  On a batch system
+(C{run --no-events-fd}, as the Slurm backend starts engines) fd 3 is never
+used, since the batch system may hold a descriptor of its own there; the
+daemon tails the file in the shared job directory instead.
 
 Answers: while waiting, the engine reads one JSON answer per line on stdin,
 or takes C{JOBDIR/answers/<n>.json} (written atomically by the daemon or a
-batch backend, where no pipe exists), whichever comes first.
+batch backend, where no pipe exists), whichever comes first.  C{n} is the
+prompt's number in its C{waiting} event.  Under a batch system stdin is
+/dev/null, so its end-of-file makes the engine watch only the answers
+directory (every 0.1 s).
 
 Stopping: SIGTERM sets a flag that the director checks between firings and
 that interruptible waits (Sleep, waiting for an answer) watch; the current
