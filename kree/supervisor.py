@@ -373,6 +373,20 @@ class Supervisor(Service):
         except (InvalidTransition, JobNotFound):
             pass  # paused, stopped or deleted meanwhile; the backend acts on that
 
+    async def engine_paused(self, job_id: str, reason: str) -> None:
+        """The batch system suspended the job (not at our request): PAUSED."""
+        try:
+            await self._jobs.apply(job_id, Action.PAUSE, reason=reason)
+        except (InvalidTransition, JobNotFound):
+            pass
+
+    async def engine_resumed(self, job_id: str, reason: str) -> None:
+        """The batch system resumed a job it or we had suspended."""
+        try:
+            await self._jobs.apply(job_id, Action.RESUME, reason=reason)
+        except (InvalidTransition, JobNotFound):
+            pass
+
     async def engine_exited(self, job_id: str, *, ended: bool, adopted: bool,
                             reason: str | None = None) -> None:
         """

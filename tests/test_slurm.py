@@ -247,6 +247,30 @@ def test_pending_in_slurm_is_queued_and_pause_holds_it(portal, server, over_time
         ("NEW", "QUEUED"), ("QUEUED", "PAUSED"), ("PAUSED", "QUEUED"), ("QUEUED", "ABORTED")]
 
 
+def test_suspended_in_slurm_is_paused_in_kree(portal):
+    job = submit(portal, "sleep-loop.xml", resources=ON_SLURM,
+                 parameters={".sleeper.period": 100})
+    wait_for_state(portal, job["id"], "RUNNING", timeout=30)
+    slurm_id = str(slurm_job(job["id"])[0])
+    subprocess.run(["scontrol", "suspend", slurm_id], check=True)
+    state = wait_for_state(portal, job["id"], "PAUSED", timeout=10)
+    assert state["paused_from"] == "RUNNING"
+    subprocess.run(["scontrol", "resume", slurm_id], check=True)
+    wait_for_state(portal, job["id"], "RUNNING", timeout=10)
+    reasons = [e["data"]["reason"] for e in events(portal, job["id"])
+               if e["type"] == "job.state"]
+    assert reasons[-2:] == ["suspended in Slurm", "resumed in Slurm"]
+    # And KREE's own pause and resume still work after that.
+    portal.post(f"/v1/jobs/{job['id']}/pause")
+    wait_for_slurm(job["id"], {"SUSPENDED"}, timeout=10)
+    portal.post(f"/v1/jobs/{job['id']}/resume")
+    wait_for_slurm(job["id"], {"RUNNING"}, timeout=10)
+    time.sleep(1.5)
+    assert portal.get(f"/v1/jobs/{job['id']}/state").json["state"] == "RUNNING"
+    portal.post(f"/v1/jobs/{job['id']}/kill")
+    wait_for_state(portal, job["id"], TERMINAL)
+
+
 def test_cancelled_behind_kree_s_back_fails_the_job(portal):
     job = submit(portal, "sleep-loop.xml", resources=ON_SLURM,
                  parameters={".sleeper.period": 100})

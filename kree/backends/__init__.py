@@ -33,6 +33,12 @@ class EngineObserver(Protocol):
     async def engine_started(self, job_id: str, detail: str) -> None:
         """A batch backend's job has started (QUEUED becomes RUNNING)."""
 
+    async def engine_paused(self, job_id: str, reason: str) -> None:
+        """The batch system suspended the job itself (an admin's scontrol suspend)."""
+
+    async def engine_resumed(self, job_id: str, reason: str) -> None:
+        """The batch system resumed a suspended job itself."""
+
     async def engine_exited(self, job_id: str, *, ended: bool, adopted: bool,
                             reason: str | None = None) -> None:
         """

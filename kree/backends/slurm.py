@@ -15,7 +15,7 @@ job.  Slurm's states map onto KREE's:
 
     PENDING (and the other waiting states)  QUEUED: the KREE job stays QUEUED
     RUNNING, COMPLETING, ...                 RUNNING (DISPATCH, reason "started by Slurm")
-    SUSPENDED                                PAUSED (we suspended it)
+    SUSPENDED, STOPPED                       PAUSED (by KREE, or by an admin in Slurm)
     COMPLETED, FAILED                        the engine's end event decides
     TIMEOUT                                  FAILED "walltime"
     OUT_OF_MEMORY                            FAILED "memory"
@@ -90,6 +90,8 @@ FINAL_REASONS = {
 # The engine's own end event tells how these ended.
 ENGINE_DECIDES = frozenset({"COMPLETED", "FAILED"})
 HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
+# How long Slurm may take to show what our pause or resume did.
+SETTLE_SECONDS = 30.0
 # A job missing from squeue this many polls in a row has left Slurm's view.
 MISSES_BEFORE_GONE = 2
 
@@ -223,6 +225,13 @@ class SlurmJob:
     stopped: bool = False
     cancelled_by_us: bool = False
     reported_consumed: int = 0
+    # When our last action on it was done: squeue output from before that
+    # says nothing about what someone else did.
+    acted_at: float = -math.inf
+    # After our own pause or resume, the state Slurm should come to show (it
+    # can lag: STOPPED stays a while after SIGCONT), and until when to wait.
+    expect: str | None = None
+    expect_until: float = -math.inf
     misses: int = 0
     final_state: str | None = None
     # Lines from the engine's end event on, held back until Slurm's verdict.
@@ -366,7 +375,7 @@ class SlurmBackend:
                         missing.append(job)
                 continue
             job.misses = 0
-            await self._observe(job, view)
+            await self._observe(job, view, seen_at=started)
         if missing:
             await self._look_up_gone(missing)
 
@@ -388,9 +397,10 @@ class SlurmBackend:
                 self.accounting = False
         for job in jobs:
             view = found.get(job.slurm_id)
-            await self._observe(job, view or SlurmView(job.slurm_id, "GONE", "", "", ""))
+            await self._observe(job, view or SlurmView(job.slurm_id, "GONE", "", "", ""),
+                                seen_at=-math.inf)
 
-    async def _observe(self, job: SlurmJob, view: SlurmView) -> None:
+    async def _observe(self, job: SlurmJob, view: SlurmView, *, seen_at: float) -> None:
         job.state, job.node, job.reason = view.state, view.node, view.reason
         if view.state in PENDING_STATES:
             return
@@ -401,9 +411,29 @@ class SlurmBackend:
                 job.job_id, f"started by Slurm as job {job.slurm_id}"
                             + (f" on {view.node}" if view.node else ""))
         if view.state in STARTED_STATES:
+            if job.expect is not None and (view.state == job.expect
+                                           or self.reactor.seconds() > job.expect_until):
+                job.expect = None
+            if seen_at > job.acted_at and job.expect is None:
+                await self._follow_suspension(job, view)
             return
         job.final_state = view.state
         await self._finish(job)
+
+    async def _follow_suspension(self, job: SlurmJob, view: SlurmView) -> None:
+        """
+        SUSPENDED (scontrol suspend) and STOPPED (SIGSTOP) are PAUSED: when
+        someone else suspends or resumes the job in Slurm, KREE follows.
+        """
+        if view.state == "SUSPENDED" and not job.suspended:
+            job.suspended = True
+            await self.observer.engine_paused(job.job_id, "suspended in Slurm")
+        elif view.state == "STOPPED" and not job.stopped:
+            job.stopped = True
+            await self.observer.engine_paused(job.job_id, "stopped in Slurm (SIGSTOP)")
+        elif view.state == "RUNNING" and (job.suspended or job.stopped):
+            job.suspended = job.stopped = False
+            await self.observer.engine_resumed(job.job_id, "resumed in Slurm")
 
     async def _read_events(self) -> None:
         for job in list(self.jobs.values()):
@@ -509,7 +539,9 @@ class SlurmBackend:
         if view is not None:
             followed.state = view.state
             followed.held = view.reason in HELD_REASONS
-            followed.suspended = view.state == "SUSPENDED"
+            # Suspended by us before the restart; otherwise the first poll
+            # takes it as suspended in Slurm (the job becomes PAUSED).
+            followed.suspended = view.state == "SUSPENDED" and job.state is JobState.PAUSED
         self._poll_now()
         return view is not None and (view.state in PENDING_STATES
                                      or view.state in STARTED_STATES)
@@ -526,25 +558,46 @@ class SlurmBackend:
             followed.state, followed.reason = view.state, view.reason
         return followed.state
 
-    async def pause(self, job: Job) -> None:
+    async def _acting(self, job: Job, step) -> None:
+        """Pause or resume; squeue output from before it is done is stale."""
         followed = self._followed(job)
         if followed is None:
             return
+        followed.acted_at = math.inf
+        try:
+            await step(job, followed)
+        finally:
+            followed.acted_at = self.reactor.seconds()
+            followed.expect_until = followed.acted_at + SETTLE_SECONDS
+            self._poll_now()
+
+    async def pause(self, job: Job) -> None:
+        await self._acting(job, self._pause)
+
+    async def resume(self, job: Job) -> None:
+        await self._acting(job, self._resume)
+
+    async def _pause(self, job: Job, followed: SlurmJob) -> None:
         state = await self._state_now(followed)
         if state in PENDING_STATES:
             await self.run("scontrol", "uhold", str(followed.slurm_id))
             followed.held = True
+        elif state == "SUSPENDED":
+            followed.suspended = True  # already, by someone else
+        elif state == "STOPPED":
+            followed.stopped = True
         elif state in STARTED_STATES and not (followed.suspended or followed.stopped):
             if self.settings.pause_method == "suspend":
                 await self.run("scontrol", "suspend", str(followed.slurm_id))
-                followed.suspended = True
+                followed.suspended, followed.expect = True, "SUSPENDED"
             else:
                 await self.run("scancel", "--signal=STOP", "--full", str(followed.slurm_id))
-                followed.stopped = True
-        self._poll_now()
+                followed.stopped, followed.expect = True, "STOPPED"
 
     async def _continue(self, followed: SlurmJob) -> None:
         """Undo a suspend or a SIGSTOP of ours."""
+        if followed.suspended or followed.stopped:
+            followed.expect = "RUNNING"
         if followed.suspended:
             await self.run("scontrol", "resume", str(followed.slurm_id), check=False)
             followed.suspended = False
@@ -553,21 +606,19 @@ class SlurmBackend:
                            check=False)
             followed.stopped = False
 
-    async def resume(self, job: Job) -> None:
-        followed = self._followed(job)
-        if followed is None:
-            return
+    async def _resume(self, job: Job, followed: SlurmJob) -> None:
         state = await self._state_now(followed)
         if followed.held or (state in PENDING_STATES and followed.reason in HELD_REASONS):
             await self.run("scontrol", "release", str(followed.slurm_id))
             followed.held = False
         if state == "SUSPENDED":
             followed.suspended = True
+        elif state == "STOPPED":
+            followed.stopped = True
         await self._continue(followed)
         if job.state is JobState.QUEUED:
             # Resumed into QUEUED: if Slurm started it meanwhile, that is news again.
             followed.started_reported = False
-        self._poll_now()
 
     async def terminate(self, job: Job) -> None:
         followed = self._followed(job)

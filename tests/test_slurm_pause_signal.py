@@ -1,0 +1,68 @@
+"""
+[slurm] pause_method = "signal": where KREE's user may not suspend jobs,
+pause is SIGSTOP to the job's processes (scancel --signal=STOP --full) and
+resume is SIGCONT; Slurm shows the job STOPPED, then RUNNING again.
+"""
+
+import time
+
+import psutil
+
+from live import LiveKree, submit, wait_for_state
+from slurm_cluster import SLURM_CONFIG, require_slurm, slurm_job
+
+TERMINAL = ("FINISHED", "FAILED", "ABORTED")
+
+
+def engine_processes(job_id):
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            if process.environ().get("KREE_JOB_ID") == job_id:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def all_stopped(job_id):
+    processes = engine_processes(job_id)
+    return processes and all(p.status() == psutil.STATUS_STOPPED for p in processes)
+
+
+def test_pause_by_signal(tmp_path):
+    require_slurm()
+    config = SLURM_CONFIG + 'pause_method = "signal"\n'
+    server = LiveKree(tmp_path, frontends=("portal",), config_text=config).start()
+    client = server.client("portal")
+    try:
+        job = submit(client, "sleep-loop.xml", resources={"backend": "slurm"}, parameters={
+            ".sleeper.period": 50, ".sleeper.SDF Director.iterations": 40})
+        wait_for_state(client, job["id"], "RUNNING", timeout=30)
+        assert client.post(f"/v1/jobs/{job['id']}/pause").json["state"] == "PAUSED"
+        deadline = time.monotonic() + 10
+        while not all_stopped(job["id"]):
+            assert time.monotonic() < deadline, engine_processes(job["id"])
+            time.sleep(0.05)
+        assert slurm_job(job["id"])[1] == "STOPPED"
+        time.sleep(1.5)  # squeue's STOPPED is KREE's own doing: still PAUSED, not twice
+        assert client.get(f"/v1/jobs/{job['id']}/state").json["state"] == "PAUSED"
+        assert client.post(f"/v1/jobs/{job['id']}/resume").json["state"] == "RUNNING"
+        deadline = time.monotonic() + 10
+        while slurm_job(job["id"])[1] == "STOPPED":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        state = wait_for_state(client, job["id"], TERMINAL, timeout=30)
+        assert state["state"] == "FINISHED", state
+        texts = [m["text"] for m in
+                 client.get(f"/v1/jobs/{job['id']}/messages?limit=100").json["messages"]]
+        assert texts == [str(i) for i in range(40)]
+        reasons = [e["data"]["reason"] for e in
+                   client.get(f"/v1/jobs/{job['id']}/events?limit=200").json["events"]
+                   if e["type"] == "job.state"]
+        assert not any("in Slurm" in reason for reason in reasons), reasons
+    finally:
+        for listed in client.get("/v1/jobs?limit=100").json["jobs"]:
+            if listed["state"] not in TERMINAL:
+                client.post(f"/v1/jobs/{listed['id']}/kill")
+        assert server.stop() == 0, server.log
