@@ -130,6 +130,39 @@ def test_resources_become_sbatch_options(portal):
     wait_for_state(portal, job["id"], TERMINAL)
 
 
+def test_feasibility_asks_slurm(portal):
+    hello = submit(portal, "hello.xml", queue=False)["workflow"]
+    answer = portal.post("/v1/feasibility", {"workflow": hello, "resources": ON_SLURM}).json
+    assert answer["feasible"] and answer["backend"] == "slurm", answer
+    assert answer["estimated_start"].startswith("20")  # sbatch --test-only's answer
+    assert answer["free_slots"] > 0
+    answer = portal.post("/v1/feasibility", {"workflow": hello,
+                                             "resources": {**ON_SLURM, "cpus": 64}}).json
+    assert not answer["feasible"] and answer["estimated_start"] is None
+    (reason,) = answer["reasons"]
+    assert reason.startswith("backend slurm: ")
+    assert "Requested node configuration is not available" in reason
+    answer = portal.post("/v1/feasibility", {"workflow": hello, "resources": {
+        **ON_SLURM, "partition": "nowhere"}}).json
+    assert not answer["feasible"]
+    assert "invalid partition" in answer["reasons"][0].lower(), answer
+
+
+def test_a_job_that_cannot_start_says_why_it_waits(portal):
+    job = submit(portal, "hello.xml", resources={**ON_SLURM, "cpus": 64})
+    deadline = time.monotonic() + 20
+    while not any("pending in Slurm" in m for m in messages(portal, job["id"])):
+        assert time.monotonic() < deadline, messages(portal, job["id"])
+        time.sleep(0.1)
+    (note,) = [m for m in portal.get(f"/v1/jobs/{job['id']}/messages").json["messages"]
+               if "pending in Slurm" in m["text"]]
+    assert note["source"] == "slurm"
+    assert "partition's limits do not allow these resources" in note["text"], note
+    assert portal.get(f"/v1/jobs/{job['id']}/state").json["state"] == "QUEUED"
+    assert portal.post(f"/v1/jobs/{job['id']}/stop").json["state"] == "ABORTED"
+    assert wait_for_slurm(job["id"], {"CANCELLED"})[1] == "CANCELLED"
+
+
 def test_pause_suspends_in_slurm_and_resume_continues(portal):
     job = submit(portal, "sleep-loop.xml", resources=ON_SLURM, parameters={
         ".sleeper.period": 50, ".sleeper.SDF Director.iterations": 60})

@@ -5,6 +5,8 @@ job.  The checks are those of job creation (the workflow fetched and
 validated by the engine with the admin's actor policy and the software here,
 parameter names), plus resources against this machine and the configured
 limits, and data locality: inputs already in the cache need no staging.
+For Slurm, C{sbatch --test-only} says whether the cluster would take the job
+and when it expects to start it.
 """
 
 from __future__ import annotations
@@ -54,20 +56,29 @@ class FeasibilityApi:
             reasons.append(f"workflow: {e.message}")
 
         reasons += self._resource_reasons(resources)
+        backend = resources.get("backend", self._config.supervisor.default_backend)
+        estimated_start = None
+        tester = getattr(self._supervisor.backends.get(backend), "test_submission", None)
+        if tester is not None:
+            estimated_start, refusal = await tester(resources)
+            if refusal:
+                reasons.append(f"backend {backend}: {refusal}")
 
         staging: dict[str, str] = {}
         for name, uri in inputs.items():
             entry = await self._store.cache.get(uri)
             staging[name] = "cached" if entry is not None else "to_fetch"
         to_fetch = [name for name, where in staging.items() if where == "to_fetch"]
-        free = self._supervisor.max_running - self._supervisor.running_count
+        free = self._supervisor.free_slots(backend)
         return {
             "feasible": not reasons,
             "start": None if reasons else ("after_staging" if to_fetch else "now"),
             # Unknown until fetched: sizes of inputs not in the cache are not known.
             "estimated_staging_seconds": 0 if not to_fetch else None,
             "inputs": staging,
-            "free_slots": max(free, 0),
+            "free_slots": free,
+            "backend": backend,
+            "estimated_start": None if reasons else estimated_start,
             "queue_length": (await self._store.jobs.count_by_state()).get("QUEUED", 0),
             "reasons": reasons,
         }
@@ -78,8 +89,7 @@ class FeasibilityApi:
         if backend not in self._config.backends:
             reasons.append(f"backend {backend}: not available on this server "
                            f"(offered: {', '.join(self._config.backends)})")
-            return reasons
-        if backend != "local":
+        elif backend != "local":
             return reasons  # the batch system judges CPUs and memory of its nodes
         cores = os.cpu_count() or 1
         if resources.get("cpus", 1) > cores:

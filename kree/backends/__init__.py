@@ -33,6 +33,9 @@ class EngineObserver(Protocol):
     async def engine_started(self, job_id: str, detail: str) -> None:
         """A batch backend's job has started (QUEUED becomes RUNNING)."""
 
+    async def engine_note(self, job_id: str, text: str) -> None:
+        """A note for the job's messages (why the batch system keeps it pending)."""
+
     async def engine_paused(self, job_id: str, reason: str) -> None:
         """The batch system suspended the job itself (an admin's scontrol suspend)."""
 

@@ -51,6 +51,7 @@ import json
 import math
 import os
 import pwd
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -112,11 +113,18 @@ def failure_reason(state: str, *, cancelled_by_us: bool) -> str | None:
 
 def sbatch_arguments(job: Job, settings, script: Path) -> list[str]:
     """The sbatch command line for a job: partition, CPUs, memory, time limit."""
-    resources = job.resources or {}
     job_dir = Path(job.job_dir)
     args = ["--parsable", f"--job-name={JOB_NAME_PREFIX}{job.id}", f"--chdir={job_dir}",
             f"--output={job_dir / 'engine.log'}", "--open-mode=append", "--no-requeue",
             "--export=ALL", f"--comment=KREE job {job.id}"]
+    args += resource_arguments(job.resources or {}, settings)
+    args.append(str(script))
+    return args
+
+
+def resource_arguments(resources: dict[str, Any], settings) -> list[str]:
+    """sbatch options for a job's resources, then [slurm] sbatch_args."""
+    args = []
     partition = resources.get("partition") or settings.partition
     if partition:
         args.append(f"--partition={partition}")
@@ -129,8 +137,31 @@ def sbatch_arguments(job: Job, settings, script: Path) -> list[str]:
         # exact walltime, so this is the backstop while kreed is down.
         args.append(f"--time={max(1, math.ceil(resources['walltime'] / 60))}")
     args.extend(settings.sbatch_args)
-    args.append(str(script))
     return args
+
+
+def parse_test_only(text: str) -> str | None:
+    """The start time C{sbatch --test-only} expects ("... to start at T using ...")."""
+    m = re.search(r"to start at (\S+)", text)
+    return m.group(1) if m else None
+
+
+# Why a job is pending, in words for the frontend (squeue's %r); the others
+# are shown as Slurm says them.
+PENDING_WORDS = {
+    "Resources": "waiting for free resources",
+    "Priority": "other jobs go first",
+    "PartitionConfig": "the partition's limits do not allow these resources; it will not "
+                       "start unless an administrator changes them",
+    "PartitionDown": "the partition is down",
+    "PartitionInactive": "the partition is inactive",
+    "ReqNodeNotAvail": "the nodes it needs are not available",
+    "QOSMaxJobsPerUserLimit": "the per-user job limit of its QOS is reached",
+    "AssocGrpCpuLimit": "its account's CPU limit is reached",
+    "BeginTime": "its start time has not come",
+    "Dependency": "waiting for another job",
+}
+QUIET_REASONS = frozenset({"None", "", "JobHeldUser", "JobHeldAdmin"})
 
 
 def parse_squeue(text: str) -> dict[int, "SlurmView"]:
@@ -225,6 +256,8 @@ class SlurmJob:
     stopped: bool = False
     cancelled_by_us: bool = False
     reported_consumed: int = 0
+    # The pending reason last told the frontend (as a job message).
+    reason_told: str = ""
     # When our last action on it was done: squeue output from before that
     # says nothing about what someone else did.
     acted_at: float = -math.inf
@@ -403,6 +436,11 @@ class SlurmBackend:
     async def _observe(self, job: SlurmJob, view: SlurmView, *, seen_at: float) -> None:
         job.state, job.node, job.reason = view.state, view.node, view.reason
         if view.state in PENDING_STATES:
+            if view.reason != job.reason_told and view.reason not in QUIET_REASONS:
+                job.reason_told = view.reason
+                words = PENDING_WORDS.get(view.reason, "Slurm says " + view.reason)
+                await self.observer.engine_note(
+                    job.job_id, f"pending in Slurm as job {job.slurm_id}: {words}")
             return
         if not job.started_reported and (view.state in STARTED_STATES
                                          or view.state in ENGINE_DECIDES):
@@ -653,6 +691,23 @@ class SlurmBackend:
         # Without Slurm's accounting of running steps (sstat) there is no
         # sample of a job's CPU and memory on its compute node.
         return Usage(cpu_seconds=job.cpu_seconds or 0.0, rss_bytes=0, processes=0)
+
+    async def test_submission(self, resources: dict[str, Any]) -> tuple[str | None, str | None]:
+        """
+        Ask Slurm, without submitting (C{sbatch --test-only}), whether and
+        when a job with these resources would start: (expected start, None),
+        or (None, Slurm's refusal).
+        """
+        try:
+            out, err, code = await self.run(
+                "sbatch", "--test-only", "--job-name=kree-feasibility", "--output=/dev/null",
+                *resource_arguments(resources, self.settings), "--wrap=true", check=False)
+        except CommandFailed as e:
+            return None, e.message
+        if code != 0:
+            words = [line.split("error: ", 1)[-1] for line in (err or out).strip().splitlines()]
+            return None, "; ".join(dict.fromkeys(w for w in words if w)) or f"exit code {code}"
+        return parse_test_only(err + out), None
 
     async def wait_exited(self, job_id: str) -> None:
         followed = self.jobs.get(job_id)
