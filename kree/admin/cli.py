@@ -1012,8 +1012,10 @@ def daemon_status(config: Config, args) -> dict[str, Any]:
         line = f"backend {backend['name']}: {backend['jobs']} of {backend['limit']} jobs"
         if "controller" in backend:
             accounting = {True: "yes", False: "no", None: "not asked yet"}[backend["accounting"]]
-            line += (f"; controller {backend['controller']}; pause by "
-                     f"{backend['pause_method']}; accounting {accounting}")
+            asked = backend.get("last_poll_seconds_ago")
+            line += (f"; controller {backend['controller']}"
+                     + (f" (asked {asked:g} s ago)" if asked is not None else "")
+                     + f"; pause by {backend['pause_method']}; accounting {accounting}")
         lines.append(line)
         for entry in backend.get("queue", []):
             lines.append(f"  {entry['job']}  Slurm job {entry['slurm_job_id']}  "

@@ -356,7 +356,8 @@ class SlurmBackend:
     async def _follow(self) -> None:
         while self._running:
             try:
-                if self._poll_soon or (self.reactor.seconds() - self._last_poll
+                # No KREE job in Slurm: nothing to ask the controller.
+                if self._poll_soon or (self.jobs and self.reactor.seconds() - self._last_poll
                                        >= self.settings.poll_seconds):
                     await self._poll()
                 await self._read_events()
@@ -722,6 +723,8 @@ class SlurmBackend:
             "pause_method": self.settings.pause_method,
             "poll_seconds": self.settings.poll_seconds,
             "accounting": self.accounting,
+            "last_poll_seconds_ago": None if self._last_poll == -math.inf
+            else round(self.reactor.seconds() - self._last_poll, 1),
             "queue": [
                 {"job": j.job_id, "slurm_job_id": j.slurm_id, "state": j.state,
                  "reason": j.reason, "node": j.node}
