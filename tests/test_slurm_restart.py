@@ -3,9 +3,12 @@ kill -9 of kreed while Slurm runs its jobs, then a restart: Slurm kept the
 jobs, and the daemon re-adopts each by the Slurm job id in its record.  While
 the daemon is down one job finishes and a pending one starts and finishes;
 a paused one stays suspended.  Afterwards every job ends right, no event is
-missing or doubled, and no job was submitted to Slurm twice.
+missing or doubled, and no job was submitted to Slurm twice.  And a Slurm job
+whose id never reached the store is found again by its name.
 """
 
+import subprocess
+import sys
 import time
 
 from live import LiveKree, submit, wait_for_state
@@ -98,4 +101,50 @@ def test_kill_9_while_slurm_runs_the_jobs(tmp_path):
         for job in client.get("/v1/jobs?limit=100").json["jobs"]:
             if job["state"] not in TERMINAL:
                 client.post(f"/v1/jobs/{job['id']}/kill")
+        server.stop()
+
+
+def test_a_slurm_job_whose_id_never_reached_the_store_is_found_by_name(tmp_path):
+    """
+    kreed can die between sbatch and the commit of the Slurm job id.  Then
+    the job is still QUEUED without a backend reference and is dispatched
+    again: the backend must find the Slurm job by its name, not submit a
+    second one.  Here the "earlier" submission is made by hand (held, so it
+    waits), while [slurm] max_jobs = 1 keeps the KREE job from being handed
+    to Slurm until the blocker ends.
+    """
+    require_slurm()
+    config = SLURM_CONFIG + "max_jobs = 1\n"
+    server = LiveKree(tmp_path, frontends=("portal",), config_text=config).start()
+    client = server.client("portal")
+    try:
+        blocker = submit(client, "sleep-loop.xml", resources=ON_SLURM,
+                         parameters={".sleeper.period": 100})
+        wait_for_state(client, blocker["id"], "RUNNING", timeout=30)
+        job = submit(client, "hello.xml", resources=ON_SLURM)
+        job_dir = server.state_dir / "jobs" / job["id"]
+        subprocess.run(
+            ["sbatch", "--parsable", "--hold", f"--job-name=kree-{job['id']}",
+             f"--output={tmp_path / 'orphan.log'}", f"--chdir={tmp_path}",
+             f"--wrap={sys.executable} -m kree.engine run --no-events-fd {job_dir}"],
+            check=True, capture_output=True)
+        time.sleep(1.5)  # a poll has seen it
+        assert client.get(f"/v1/jobs/{job['id']}/state").json["state"] == "QUEUED"
+        client.post(f"/v1/jobs/{blocker['id']}/kill")
+        deadline = time.monotonic() + 20
+        while "found its Slurm job" not in server.log:
+            assert time.monotonic() < deadline, server.log[-2000:]
+            time.sleep(0.1)
+        assert len(slurm_jobs(job["id"])) == 1
+        assert slurm_job(job["id"])[1:] == ("PENDING", "JobHeldUser")
+        # Our pause and resume release the hold it was submitted with.
+        assert client.post(f"/v1/jobs/{job['id']}/pause").json["state"] == "PAUSED"
+        assert client.post(f"/v1/jobs/{job['id']}/resume").json["state"] == "QUEUED"
+        assert wait_for_state(client, job["id"], TERMINAL, timeout=30)["state"] == "FINISHED"
+        assert messages(client, job["id"]) == ["Hello, world"]
+        assert len(slurm_jobs(job["id"])) == 1
+    finally:
+        for listed in client.get("/v1/jobs?limit=100").json["jobs"]:
+            if listed["state"] not in TERMINAL:
+                client.post(f"/v1/jobs/{listed['id']}/kill")
         server.stop()
