@@ -19,7 +19,9 @@ ON_SLURM = {"backend": "slurm"}
 
 
 def messages(client, job_id):
-    return [m["text"] for m in client.get(f"/v1/jobs/{job_id}/messages?limit=500").json["messages"]]
+    """The engine's messages (not Slurm's notes on why a job is pending)."""
+    return [m["text"] for m in client.get(f"/v1/jobs/{job_id}/messages?limit=500").json["messages"]
+            if m["source"] != "slurm"]
 
 
 def check_log(client, job_id):
