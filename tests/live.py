@@ -22,6 +22,7 @@ from typing import Any
 
 import attrs
 import jsonschema
+import psutil
 import referencing
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -297,6 +298,18 @@ def submit(client: Client, workflow: str, parameters=None, resources=None, queue
     reply = client.post("/v1/jobs", body)
     assert reply.status == 201, reply.body
     return reply.json
+
+
+def job_processes(job_id: str) -> list:
+    """Every process of a job's tree, found by its KREE_JOB_ID marker."""
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            if process.environ().get("KREE_JOB_ID") == job_id:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
 
 
 def hold_the_queue(server: LiveKree) -> Client:

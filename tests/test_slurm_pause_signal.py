@@ -8,25 +8,14 @@ import time
 
 import psutil
 
-from live import LiveKree, submit, wait_for_state
+from live import LiveKree, job_processes, submit, wait_for_state
 from slurm_cluster import SLURM_CONFIG, require_slurm, slurm_job
 
 TERMINAL = ("FINISHED", "FAILED", "ABORTED")
 
 
-def engine_processes(job_id):
-    found = []
-    for process in psutil.process_iter(["pid"]):
-        try:
-            if process.environ().get("KREE_JOB_ID") == job_id:
-                found.append(process)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
-
-
 def all_stopped(job_id):
-    processes = engine_processes(job_id)
+    processes = job_processes(job_id)
     return processes and all(p.status() == psutil.STATUS_STOPPED for p in processes)
 
 
@@ -42,7 +31,7 @@ def test_pause_by_signal(tmp_path):
         assert client.post(f"/v1/jobs/{job['id']}/pause").json["state"] == "PAUSED"
         deadline = time.monotonic() + 10
         while not all_stopped(job["id"]):
-            assert time.monotonic() < deadline, engine_processes(job["id"])
+            assert time.monotonic() < deadline, job_processes(job["id"])
             time.sleep(0.05)
         assert slurm_job(job["id"])[1] == "STOPPED"
         time.sleep(1.5)  # squeue's STOPPED is KREE's own doing: still PAUSED, not twice

@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from live import LiveKree, submit, wait_for_state
+from live import LiveKree, job_processes, submit, wait_for_state
 
 CONFIG = """
 [supervisor]
@@ -37,17 +37,6 @@ def portal(server):
     for job in client.get("/v1/jobs?limit=500").json["jobs"]:
         if job["state"] not in TERMINAL + ("NEW",):
             client.post(f"/v1/jobs/{job['id']}/kill")
-
-
-def job_processes(job_id):
-    found = []
-    for process in psutil.process_iter(["pid"]):
-        try:
-            if process.environ().get("KREE_JOB_ID") == job_id:
-                found.append(process)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
 
 
 def messages(client, job_id):
