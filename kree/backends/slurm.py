@@ -300,6 +300,7 @@ class SlurmBackend:
         self._waiter: Deferred | None = None
         self._poll_soon = True
         self._last_poll = -math.inf
+        self._paths: dict[str, str] = {}
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -307,6 +308,11 @@ class SlurmBackend:
         return deferToThreadPool(self.reactor, self._threadpool, fn, *args, **kwargs)
 
     def _command_path(self, name: str) -> str:
+        if name not in self._paths:
+            self._paths[name] = self._find_command(name)
+        return self._paths[name]
+
+    def _find_command(self, name: str) -> str:
         if self.settings.bin_dir:
             return str(Path(self.settings.bin_dir) / name)
         for directory in os.environ.get("PATH", "").split(os.pathsep):
@@ -491,8 +497,21 @@ class SlurmBackend:
                 lines = lines[:index]
                 break
         if lines:
-            job.reported_consumed = job.tail.consumed - len(job.held_lines)
-            await self.observer.engine_events(job.job_id, lines, job.reported_consumed)
+            consumed = job.tail.consumed - len(job.held_lines)
+            await self._apply(job, lines, consumed)
+
+    async def _apply(self, job: SlurmJob, lines: list, consumed: int) -> None:
+        """
+        Hand lines to the supervisor; if that fails (the database is away),
+        read them again next time, from the last count the store took.
+        """
+        try:
+            await self.observer.engine_events(job.job_id, lines, consumed)
+        except Exception:
+            job.tail = EventTail(job.job_dir / "events.jsonl", job.reported_consumed)
+            job.held_lines = []
+            raise
+        job.reported_consumed = consumed
 
     async def _finish(self, job: SlurmJob) -> None:
         """Slurm has ended the job: the last events, then Slurm's verdict."""
@@ -508,7 +527,11 @@ class SlurmBackend:
         elif state == "GONE" and not job.tail.saw_end:
             reason = "the job left the Slurm queue without an end event"
         if lines or job.tail.consumed != job.reported_consumed:
-            await self.observer.engine_events(job.job_id, lines, job.tail.consumed)
+            try:
+                await self._apply(job, lines, job.tail.consumed)
+            except Exception:
+                job.final_state = None  # the next poll tries again
+                raise
         ended = job.tail.saw_end and reason is None
         self.log.info("job {job_id}: Slurm job {slurm_id} ended ({state})", job_id=job.job_id,
                       slurm_id=job.slurm_id, state=state)
