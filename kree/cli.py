@@ -168,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "is JSON if it parses as JSON, else a string (repeatable)")
     submit.add_argument("--input", metavar="NAME=URI", type=input_uri, action="append",
                         default=[], help="an input to stage into the job (repeatable)")
+    submit.add_argument("--resource", metavar="KEY=VALUE", type=answer, action="append",
+                        default=[], help="a resource: backend (local or slurm), cpus, memory "
+                        "(4096, \"512M\"), walltime (seconds or [D-]HH:MM:SS), partition, "
+                        "priority, input_timeout, outputs_to; VALUE is JSON if it parses as "
+                        "JSON, else a string (repeatable)")
     submit.add_argument("--queue", action="store_true", help="queue the job right away")
     submit.add_argument("--wait", action="store_true",
                         help="print state changes until the job ends")
@@ -414,7 +419,7 @@ def submit_command(client: KreeClient, args) -> int:
     elif not _URI_SCHEME.match(workflow):
         raise UsageError(f"{workflow}: no such file, and not a URI")
     job = client.submit(workflow, parameters=dict(args.param), inputs=dict(args.input),
-                        queue=args.queue)
+                        resources=dict(args.resource), queue=args.queue)
     if args.json:
         (print_json_line if args.wait else print_json)(job)
     else:

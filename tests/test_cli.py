@@ -157,6 +157,17 @@ def test_submit_with_parameters_and_inputs(kree, workflow_uri):
     assert "  data: https://example.org/data.csv" in text
 
 
+def test_submit_with_resources(kree, workflow_uri):
+    job_id = ok(kree("submit", workflow_uri, "--resource", "cpus=2", "--resource",
+                     "walltime=00:10:00", "--resource", "memory=512M")).strip()
+    assert job_json(kree, job_id)["resources"] == {
+        "cpus": 2, "walltime": 600, "memory": 512 * 1024**2}
+    message = refused(kree("submit", workflow_uri, "--resource", "backend=slurm"),
+                      "invalid_resources")
+    assert "backend 'slurm' is not enabled on this server" in message
+    refused(kree("submit", workflow_uri, "--resource", "gpus=1"), "invalid_resources")
+
+
 def test_submit_json_prints_the_job(kree, workflow_uri):
     job = json.loads(ok(kree("--json", "submit", workflow_uri)))
     assert job["state"] == "NEW"

@@ -110,6 +110,19 @@ def test_a_job_finishes_on_slurm_with_its_products(portal, server):
     assert seqs == list(range(1, len(seqs) + 1))
 
 
+def test_resources_put_while_new_move_a_job_to_slurm(portal):
+    job = submit(portal, "hello.xml", queue=False)
+    reply = portal.put(f"/v1/jobs/{job['id']}/resources", {"backend": "slurm"})
+    assert reply.status == 200 and reply.json["resources"] == {"backend": "slurm"}
+    portal.post(f"/v1/jobs/{job['id']}/queue")
+    assert wait_for_state(portal, job["id"], TERMINAL, timeout=30)["state"] == "FINISHED"
+    assert slurm_job(job["id"])[1] == "COMPLETED"
+    assert messages(portal, job["id"]) == ["Hello, world"]
+    local = submit(portal, "hello.xml")  # the default backend is still local
+    assert wait_for_state(portal, local["id"], TERMINAL, timeout=30)["state"] == "FINISHED"
+    assert slurm_jobs(local["id"]) == []
+
+
 def test_a_failing_workflow_fails_on_slurm_with_its_reason(portal):
     job = submit(portal, "fail.xml", resources=ON_SLURM)
     state = wait_for_state(portal, job["id"], TERMINAL, timeout=30)
