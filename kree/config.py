@@ -54,6 +54,10 @@ class StoreConfig:
     sqlite_synchronous: str = "full"
     # Threads for PostgreSQL (SQLite always gets exactly one).
     pool_size: int = 4
+    # PostgreSQL: how long the daemon's transactions wait for a server that is
+    # out of reach (a restart, a failover) before they fail; an API request
+    # then answers 503.  0: fail at once.
+    reconnect_seconds: float = 10.0
 
 
 @attrs.frozen

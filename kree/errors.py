@@ -101,3 +101,13 @@ class DatabaseUnknown(KreeError):
 
     status = 503
     code = "database_unknown"
+
+
+class DatabaseUnavailable(KreeError):
+    """
+    The database did not answer (restarting, unreachable, overloaded) for as
+    long as the store waits; nothing is wrong with the request, try it again.
+    """
+
+    status = 503
+    code = "database_unavailable"

@@ -13,6 +13,11 @@ ends the subscription; anything else (other statuses, a refused connection,
 a timeout, a URL that now resolves to an internal address) is retried after
 the next delay of [events] retry_schedule_seconds, then given up.  Pending
 deliveries are rows, so a restart loses none: at least once, ids to dedupe.
+
+When the store fails under it (the database away for longer than the store
+waits), the service logs it and looks again after L{STORE_RETRY_SECONDS}:
+the outbox is still in the database, so nothing is lost, and an event whose
+acknowledgement could not be recorded is delivered again.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from twisted.web.http_headers import Headers
 from kree import __version__, signing, urlguard
 from kree.httpclient import DiscardBody, ServerTLSPolicy, new_agent, timed_out
 from kree.records import Event
+
+# After a failed store operation, how long the delivery service waits to look again.
+STORE_RETRY_SECONDS = 1.0
 
 
 class EventWaiters:
@@ -99,6 +107,7 @@ class DeliveryService(Service):
         self._pumping = False
         self._pump_again = False
         self._timer = None
+        self._retry = None
 
     def startService(self) -> None:
         Service.startService(self)
@@ -108,8 +117,9 @@ class DeliveryService(Service):
     def stopService(self) -> Deferred:
         Service.stopService(self)
         self._jobs.remove_observer(self._observe)
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        for timer in (self._timer, self._retry):
+            if timer is not None and timer.active():
+                timer.cancel()
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
@@ -140,11 +150,18 @@ class DeliveryService(Service):
                     if not self._pump_again:
                         break
             except Exception:
-                self.log.failure("delivery scheduling failed")
+                self.log.failure("delivery scheduling failed; trying again in {seconds} s",
+                                 seconds=STORE_RETRY_SECONDS)
+                self._wake_later()
             finally:
                 self._pumping = False
 
         Deferred.fromCoroutine(pump())
+
+    def _wake_later(self) -> None:
+        """Look at the outbox again after a failure, without spinning on it."""
+        if self.running and (self._retry is None or not self._retry.active()):
+            self._retry = self._reactor.callLater(STORE_RETRY_SECONDS, self.wake)
 
     async def _pump(self) -> None:
         room = self._settings.max_in_flight - len(self._in_flight)
@@ -165,6 +182,7 @@ class DeliveryService(Service):
 
     async def _drain(self, subscription_id: str) -> None:
         """Deliver a subscription's due deliveries in order; stop at the first failure."""
+        failed = False
         try:
             while self.running:
                 delivery = await self._store.deliveries.head(subscription_id)
@@ -172,9 +190,19 @@ class DeliveryService(Service):
                     return
                 if not await self._deliver(delivery):
                     return
+        except CancelledError:
+            raise
+        except Exception:
+            failed = True
+            self.log.failure("delivering to subscription {subscription} failed; trying again "
+                             "in {seconds} s", subscription=subscription_id,
+                             seconds=STORE_RETRY_SECONDS)
         finally:
             self._in_flight.pop(subscription_id, None)
-            self.wake()
+            if failed:
+                self._wake_later()
+            else:
+                self.wake()
 
     async def _deliver(self, delivery) -> bool:
         sub = delivery.subscription

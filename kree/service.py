@@ -135,6 +135,7 @@ class KreeDaemon(AsyncMultiService):
             reactor,
             sqlite_synchronous=config.store.sqlite_synchronous,
             pool_size=config.store.pool_size,
+            reconnect_seconds=config.store.reconnect_seconds,
         )
         StoreService(self.store).setServiceParent(self)
         if dev:

@@ -33,23 +33,23 @@ def _postgres_unavailable(reason: str):
 def postgres_url():
     """A URL whose connections use a fresh, empty schema of their own."""
     base = postgres_base_url()
+    schema = f"kree_test_{secrets.token_hex(6)}"
     try:
-        admin = sa.create_engine(base, connect_args={"connect_timeout": 3})
-        conn = admin.connect()
+        # No pooled connection is kept: a test may restart the server meanwhile.
+        admin = sa.create_engine(base, connect_args={"connect_timeout": 3},
+                                 poolclass=sa.pool.NullPool)
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     except ImportError as e:
         _postgres_unavailable(f"the PostgreSQL driver is missing ({e})")
     except sa.exc.OperationalError as e:
         _postgres_unavailable(f"no server answers at {base} ({e.orig})")
-    schema = f"kree_test_{secrets.token_hex(6)}"
-    conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    conn.commit()
     url = sa.make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
     try:
         yield url.render_as_string(hide_password=False)
     finally:
-        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        conn.commit()
-        conn.close()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
 
 

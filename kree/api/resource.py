@@ -23,18 +23,19 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import unquote
 
 import attrs
-import sqlalchemy.exc
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web import resource, server
 
 from kree.api.tls import peer_fingerprint
-from kree.errors import InvalidRequest, KreeError
+from kree.errors import DatabaseUnavailable, InvalidRequest, KreeError
 from kree.records import Frontend
 
 JSON_TYPE = "application/json"
 USER_HEADER = b"x-kree-user"
 MAX_USER_LENGTH = 255
+# What a 503 for an unavailable database suggests to wait before trying again.
+RETRY_AFTER_SECONDS = 5
 
 
 class ApiError(KreeError):
@@ -278,12 +279,11 @@ class ApiResource(resource.Resource):
         return user
 
     def _error(self, request, error: Exception) -> tuple[int, dict]:
+        if isinstance(error, DatabaseUnavailable):
+            # The store has waited for the database already (and logged it).
+            request.setHeader(b"retry-after", str(RETRY_AFTER_SECONDS).encode())
         if isinstance(error, KreeError):
             return error.status, error.to_json()
-        if isinstance(error, sqlalchemy.exc.OperationalError):
-            self.log.warn("database unavailable: {error}", error=str(error.orig))
-            return 503, ApiError(503, "database_unavailable",
-                                 "the database is unavailable; try again shortly").to_json()
         if isinstance(error, UnicodeDecodeError):
             return 400, InvalidRequest("the request path is not UTF-8").to_json()
         self.log.error(

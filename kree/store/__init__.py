@@ -21,14 +21,15 @@ from kree.store.events import EventsStore
 from kree.store.frontends import FrontendsStore
 from kree.store.jobs import JobsStore
 from kree.store.policies import PoliciesStore
-from kree.store.pool import DBPool
+from kree.store.pool import RECONNECT_SECONDS, DBPool
 from kree.store.subscriptions import SubscriptionsStore
 
 
 class Store:
-    def __init__(self, engine: sa.Engine, reactor, threads: int = 4) -> None:
+    def __init__(self, engine: sa.Engine, reactor, threads: int = 4,
+                 reconnect_seconds: float = RECONNECT_SECONDS) -> None:
         self.engine = engine
-        self.pool = DBPool(engine, reactor, threads)
+        self.pool = DBPool(engine, reactor, threads, reconnect_seconds=reconnect_seconds)
         self.jobs = JobsStore(self.pool)
         self.events = EventsStore(self.pool)
         self.frontends = FrontendsStore(self.pool)
@@ -39,9 +40,10 @@ class Store:
         self.deliveries = DeliveriesStore(self.pool)
 
     @classmethod
-    def from_url(cls, url: str, reactor, *, sqlite_synchronous="full", pool_size=4) -> Store:
+    def from_url(cls, url: str, reactor, *, sqlite_synchronous="full", pool_size=4,
+                 reconnect_seconds: float = RECONNECT_SECONDS) -> Store:
         engine = create_engine(url, sqlite_synchronous=sqlite_synchronous, pool_size=pool_size)
-        return cls(engine, reactor, threads=pool_size)
+        return cls(engine, reactor, threads=pool_size, reconnect_seconds=reconnect_seconds)
 
     @property
     def url(self) -> str:

@@ -15,12 +15,16 @@ second writer (kree-admin):
    commits can be lost on power loss; never on a crash of the process).
 
 PostgreSQL gets pre-ping, so connections broken by a server restart are
-replaced instead of failing the next transaction.
+replaced instead of failing the next transaction, and a connect timeout (unless
+the URL sets one), so a server that does not answer at all costs a pool thread
+seconds, not the minutes of the system's TCP timeout.  What the pool does when
+the server is away is in L{kree.store.pool}.
 """
 
 import sqlalchemy as sa
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
+POSTGRESQL_CONNECT_TIMEOUT_SECONDS = 5
 
 
 def redacted_url(url: str) -> str:
@@ -38,8 +42,12 @@ def is_sqlite(url: str | sa.URL) -> bool:
 def create_engine(url: str, *, sqlite_synchronous: str = "full", pool_size: int = 4) -> sa.Engine:
     if is_sqlite(url):
         return _create_sqlite_engine(url, sqlite_synchronous)
+    connect_args = {}
+    if "connect_timeout" not in sa.make_url(url).query:
+        connect_args["connect_timeout"] = POSTGRESQL_CONNECT_TIMEOUT_SECONDS
     return sa.create_engine(
-        url, pool_pre_ping=True, pool_size=pool_size, max_overflow=0, future=True
+        url, pool_pre_ping=True, pool_size=pool_size, max_overflow=0, future=True,
+        connect_args=connect_args,
     )
 
 
