@@ -15,7 +15,9 @@ already applied.  Answers go to the engine's stdin while it is our child,
 and as JOBDIR/answers/<n>.json (written atomically) once it is not.
 
 Pause, resume and kill act on the whole tree with psutil in a thread, never
-on the reactor thread.
+on the reactor thread.  Besides the backend interface, usage_many() reports
+the usage of many jobs from one scan of /proc (the supervisor's monitor
+prefers it to one usage() per job).
 """
 
 from __future__ import annotations
@@ -100,24 +102,29 @@ class LocalEngine:
         self._waiter = None
         self._woken = False
 
+    def _read_adopted(self) -> tuple[list[dict[str, Any]], bool]:
+        """Thread side, for an adopted engine: the new lines and, if none, whether it runs."""
+        lines = self.tail.read()
+        return lines, bool(lines) or proctree.is_alive(self.ref)
+
     async def follow(self) -> None:
         """Apply every event line, in order, until the engine has exited."""
         observer = self.backend.observer
         while not self._detached:
-            lines = await self.backend.in_thread(self.tail.read)
+            if self.adopted and not self.exited:
+                # One thread hop a poll, not two: a restart may adopt hundreds.
+                lines, alive = await self.backend.in_thread(self._read_adopted)
+                if not alive:
+                    self.exited = True
+                    continue  # one last read of what it wrote before going
+            else:
+                lines = await self.backend.in_thread(self.tail.read)
             if lines:
                 await observer.engine_events(self.job_id, lines, self.tail.consumed)
                 continue
             if self.exited:
                 break
-            if self.adopted:
-                alive = await self.backend.in_thread(proctree.is_alive, self.ref)
-                if not alive:
-                    self.exited = True
-                    continue  # one last read of what it wrote before going
-                await self._nap(POLL_SECONDS)
-            else:
-                await self._nap(5.0)
+            await self._nap(POLL_SECONDS if self.adopted else 5.0)
         if not self._detached:
             await observer.engine_exited(self.job_id, ended=self.tail.saw_end,
                                          adopted=self.adopted)
@@ -231,6 +238,11 @@ class LocalBackend:
 
     async def usage(self, job: Job) -> proctree.Usage:
         return await self.in_thread(proctree.usage, self._ref(job), job.id)
+
+    async def usage_many(self, jobs: list[Job]) -> dict[str, proctree.Usage]:
+        """L{usage} of every job in C{jobs} from one scan of /proc (the monitor's round)."""
+        return await self.in_thread(proctree.usage_many,
+                                    {job.id: self._ref(job) for job in jobs})
 
     async def wait_exited(self, job_id: str) -> None:
         engine = self.engines.get(job_id)
