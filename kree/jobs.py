@@ -193,6 +193,9 @@ class JobService:
     def _engine_events_thd(self, conn, job_id, lines, consumed, now):
         jobs = self._store.jobs
         out: list[Event] = []
+        if lines and jobs.get_thd(conn, job_id).events_consumed >= consumed:
+            # Applied already: a retry after a commit whose outcome was lost.
+            return out, jobs.get_thd(conn, job_id)
 
         def transition(action, reason, updates=None) -> None:
             try:

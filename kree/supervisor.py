@@ -38,16 +38,18 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredLock
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from kree import jobdir
-from kree.errors import InvalidTransition, JobNotFound, KreeError
+from kree.errors import DatabaseUnavailable, InvalidTransition, JobNotFound, KreeError
 from kree.records import Event, Job
 from kree.states import Action, JobState
 
 LOST = "lost during daemon restart"
+# Seconds between tries of a store call while the database is away.
+DATABASE_RETRY_SECONDS = 1.0
 VANISHED = "the engine exited without reporting its end (killed?)"
 DISK_FULL = "no space left on the file system of the job directory"
 # Below this much free space, an engine that vanished is taken to have died of it.
@@ -166,6 +168,24 @@ class Supervisor(Service):
     def _lock(self, job_id: str) -> DeferredLock:
         return self._locks.setdefault(job_id, DeferredLock())
 
+    async def _patiently(self, call, *args, **kwargs):
+        """
+        A store call that must not be lost to a database outage (the engine's
+        events, what the backend needs to find an engine again): tried again
+        every DATABASE_RETRY_SECONDS while the supervisor runs.
+        """
+        told = False
+        while True:
+            try:
+                return await call(*args, **kwargs)
+            except DatabaseUnavailable:
+                if not self.running:
+                    raise
+                if not told:
+                    self.log.warn("supervisor: the database is unavailable; trying again")
+                    told = True
+                await deferLater(self._reactor, DATABASE_RETRY_SECONDS)
+
     def _in_background(self, coroutine) -> None:
         def failed(failure):
             self.log.failure("supervisor task failed", failure=failure)
@@ -210,7 +230,7 @@ class Supervisor(Service):
             if job_id not in self._running_frontend:
                 return
             try:
-                job = await self._store.jobs.get(job_id)
+                job = await self._patiently(self._store.jobs.get, job_id)
             except JobNotFound:
                 return
             if isinstance(operation, str):
@@ -247,6 +267,10 @@ class Supervisor(Service):
                 await self._dispatch_once()
                 if not self._dispatch_again:
                     break
+        except DatabaseUnavailable:
+            # The queue is still there: look again when the database may be back.
+            self.log.warn("dispatch: the database is unavailable; trying again")
+            self._reactor.callLater(DATABASE_RETRY_SECONDS, self.kick)
         finally:
             self._dispatching = False
 
@@ -297,6 +321,9 @@ class Supervisor(Service):
             self._track(job, backend)  # the slot is taken
             try:
                 staged = await self._stage_inputs(job)
+            except DatabaseUnavailable:
+                self._untrack(job.id)  # still QUEUED: dispatched again later
+                raise
             except KreeError as e:
                 self._untrack(job.id)
                 try:
@@ -316,19 +343,23 @@ class Supervisor(Service):
             except (InvalidTransition, JobNotFound):
                 self._untrack(job.id)
                 return  # paused, stopped or deleted since it was queued
+            except DatabaseUnavailable:
+                self._untrack(job.id)  # the transition did not happen: still QUEUED
+                raise
             try:
                 await self._prepare(job, staged)
                 ref = await backend.start(job)
-                await self._store.jobs.update_runtime(job.id, backend=backend.name,
-                                                      backend_ref=ref)
+                # The engine runs: how to find it again must reach the store.
+                await self._patiently(self._store.jobs.update_runtime, job.id,
+                                      backend=backend.name, backend_ref=ref)
             except Exception as e:
                 self._untrack(job.id)
                 reason = e.message if isinstance(e, KreeError) else f"the engine could not start: {e}"
                 if not isinstance(e, KreeError):
                     self.log.failure("job {job_id}: start failed", job_id=job.id)
                 try:
-                    await self._jobs.apply(job.id, Action.FAIL, reason=reason,
-                                           updates={"error": reason})
+                    await self._patiently(self._jobs.apply, job.id, Action.FAIL, reason=reason,
+                                          updates={"error": reason})
                 except (InvalidTransition, JobNotFound):
                     pass
 
@@ -353,8 +384,8 @@ class Supervisor(Service):
         return staged
 
     async def _prepare(self, job: Job, staged: dict[str, Path]) -> None:
-        detail = await self._store.jobs.get_detail(job.id)
-        policy = await self._store.policies.all()
+        detail = await self._patiently(self._store.jobs.get_detail, job.id)
+        policy = await self._patiently(self._store.policies.all)
         if job.workflow_sha256 is None:
             raise jobdir.PreparationFailed("the job has no fetched workflow version")
         await deferToThreadPool(
@@ -366,7 +397,7 @@ class Supervisor(Service):
 
     async def engine_events(self, job_id: str, lines: list[dict], consumed: int) -> None:
         try:
-            await self._jobs.apply_engine_events(job_id, lines, consumed)
+            await self._patiently(self._jobs.apply_engine_events, job_id, lines, consumed)
         except JobNotFound:
             pass  # deleted while it ran
 
@@ -411,9 +442,17 @@ class Supervisor(Service):
         timer = self._kill_timers.pop(job_id, None)
         if timer is not None and timer.active():
             timer.cancel()
+        try:
+            await self._engine_gone(job_id, ended=ended, adopted=adopted, reason=reason)
+        finally:
+            self._locks.pop(job_id, None)
+            self.kick()
+
+    async def _engine_gone(self, job_id: str, *, ended: bool, adopted: bool,
+                           reason: str | None) -> None:
         if not ended:
             try:
-                job = await self._store.jobs.get(job_id)
+                job = await self._patiently(self._store.jobs.get, job_id)
             except JobNotFound:
                 job = None
             if job is not None and not job.state.terminal:
@@ -422,17 +461,15 @@ class Supervisor(Service):
                                            _disk_full, Path(job.job_dir)):
                     reason = DISK_FULL
                 try:
-                    await self._jobs.apply(job_id, Action.FAIL, reason=reason,
-                                           updates={"error": reason})
+                    await self._patiently(self._jobs.apply, job_id, Action.FAIL, reason=reason,
+                                          updates={"error": reason})
                 except InvalidTransition:
                     pass
         try:
-            job = await self._store.jobs.get(job_id)
+            job = await self._patiently(self._store.jobs.get, job_id)
             await self._clean_up(job)
         except JobNotFound:
             pass
-        self._locks.pop(job_id, None)
-        self.kick()
 
     async def _clean_up(self, job: Job) -> None:
         """Temporary files go; products, the log and events stay until delete."""

@@ -317,3 +317,46 @@ def test_postgres_down_longer_than_kreed_waits(tmp_path, postgres_url, cluster):
         assert "internal error" not in server.log
     finally:
         server.stop()
+
+
+def test_engines_outlive_an_outage_longer_than_kreed_waits(tmp_path, postgres_url, cluster):
+    """
+    Jobs that run, and jobs queued behind them, while the server stays away
+    for longer than [store] reconnect_seconds: the engines' events wait for
+    the database instead of being dropped, dispatch resumes by itself, and
+    every job still ends FINISHED with every message, once.
+    """
+    server = live_kree(tmp_path, postgres_url, reconnect_seconds=1)
+    try:
+        client = server.client("portal")
+        data = (REPO_WORKFLOWS / "sleep-loop.xml").read_bytes()
+        uri = client.post("/v1/workflows", body=data,
+                          headers={"Content-Type": "application/xml"}).json["uri"]
+        jobs = []
+        for _ in range(6):  # four run (max_running), two wait in the queue
+            reply = client.post("/v1/jobs", {"workflow": uri, "queue": True, "parameters": {
+                ".sleeper.period": 100, ".sleeper.SDF Director.iterations": 30}})
+            assert reply.status == 201, reply.body
+            jobs.append(reply.json["id"])
+        deadline = time.monotonic() + 20
+        while sum(client.get(f"/v1/jobs/{j}/state").json["state"] == "RUNNING"
+                  for j in jobs) < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        cluster.ctl("stop")
+        time.sleep(4)  # the engines go on writing; kreed waits 1 s, then retries
+        cluster.ctl("start")
+        assert cluster.ready()
+        states = wait_until_settled(client, jobs, timeout=60)
+        assert {states[j] for j in jobs} == {"FINISHED"}, states
+        for job_id in jobs:
+            texts = [m["text"] for m in client.get(
+                f"/v1/jobs/{job_id}/messages?limit=100").json["messages"]]
+            assert texts == [str(i) for i in range(30)], (job_id, texts)
+            seqs = [e["seq"] for e in client.get(
+                f"/v1/jobs/{job_id}/events?limit=200").json["events"]]
+            assert seqs == list(range(1, len(seqs) + 1))
+        assert "the database is unavailable; trying again" in server.log
+        assert "internal error" not in server.log
+    finally:
+        server.stop()
