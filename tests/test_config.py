@@ -146,3 +146,25 @@ def test_documented_example_is_valid_and_documents_every_key():
         assert f"[{section}]" in text
         for field in attrs.fields(cls):
             assert f"{field.name} =" in text, f"{section}.{field.name} is not documented"
+
+
+def test_the_slurm_section(tmp_path):
+    config = load_config(write(tmp_path, '[supervisor]\ndefault_backend = "slurm"\n'
+                                         '[slurm]\nenabled = true\njob_root = "shared/jobs"\n'
+                                         'bin_dir = "slurm/bin"\nsbatch_args = ["--qos=x"]\n'))
+    assert config.backends == ("local", "slurm")
+    assert config.job_root("slurm") == tmp_path / "shared" / "jobs"
+    assert config.job_root("local") == config.jobs_dir
+    assert config.slurm.bin_dir == str(tmp_path / "slurm" / "bin")
+    assert config.slurm.pause_method == "suspend" and config.slurm.max_jobs == 1000
+
+    assert load_config(write(tmp_path, "")).backends == ("local",)
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, '[supervisor]\ndefault_backend = "slurm"\n'
+                                    '[slurm]\npause_method = "freeze"\npoll_seconds = 0\n'
+                                    'sbatch_args = "--qos=x"\n'))
+    problems = caught.value.problems
+    assert 'supervisor.default_backend: "slurm" needs [slurm] enabled = true' in problems
+    assert any(p.startswith("slurm.pause_method: must be one of suspend, signal") for p in problems)
+    assert "slurm.poll_seconds: must be greater than 0" in problems
+    assert "slurm.sbatch_args: must be a list of str" in problems
