@@ -52,7 +52,7 @@ def one_run(args) -> dict:
         with lock:
             received.append((now, event))
 
-    with Kreed(config_text=config, keep=args.keep) as kreed, \
+    with Kreed(config_text=config, keep=args.keep, store_url=args.store_url) as kreed, \
             Listener(secret, on_event=on_event) as listener:
         client = kreed.client()
         uri = client.upload("hello.xml")

@@ -60,12 +60,15 @@ class Kreed:
     """
 
     def __init__(self, *, config_text: str = "", frontends: Iterable[str] = ("bench",),
-                 keep: bool = False) -> None:
+                 keep: bool = False, store_url: str | None = None) -> None:
         self.base = Path(tempfile.mkdtemp(prefix="kree-bench-"))
         self.keep = keep
         self.state_dir = self.base / "state"
         self.config_path = self.base / "kree.toml"
-        self.config_path.write_text(f'state_dir = "state"\n{config_text}')
+        # PostgreSQL: a fresh schema for this daemon, dropped by stop().
+        self.schema = PostgresSchema(store_url) if store_url else None
+        store = f'\n[store]\nurl = "{self.schema.url}"\n' if self.schema else ""
+        self.config_path.write_text(f'state_dir = "state"\n{config_text}{store}')
         self.config = load_config(self.config_path)
         credentials.init_ca(self.config)
         credentials.issue_server(self.config, ["localhost", "127.0.0.1"])
@@ -136,8 +139,11 @@ class Kreed:
                 self._stderr = None
             if not self.keep:
                 shutil.rmtree(self.base, ignore_errors=True)
+                if self.schema is not None:
+                    self.schema.drop()
             else:
-                print(f"kept {self.base}", file=sys.stderr)
+                print(f"kept {self.base}" + (f" and schema {self.schema.name}" if self.schema else ""),
+                      file=sys.stderr)
 
     def __enter__(self) -> "Kreed":
         return self.start()
@@ -188,6 +194,40 @@ class Kreed:
                 pass
         psutil.wait_procs(procs, timeout=5)
         return len(procs)
+
+
+class PostgresSchema:
+    """
+    A new, empty schema on a PostgreSQL server for one daemon: its URL sets
+    the search path (options=-csearch_path=<schema>, as tests/conftest.py
+    does), so the daemon's tables and migrations live there alone.
+    """
+
+    def __init__(self, base_url: str) -> None:
+        import secrets
+
+        import sqlalchemy as sa
+
+        self.name = f"kree_bench_{secrets.token_hex(6)}"
+        self._base_url = base_url
+        engine = sa.create_engine(base_url, poolclass=sa.pool.NullPool)
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f'CREATE SCHEMA "{self.name}"'))
+        finally:
+            engine.dispose()
+        url = sa.make_url(base_url).update_query_dict({"options": f"-csearch_path={self.name}"})
+        self.url = url.render_as_string(hide_password=False)
+
+    def drop(self) -> None:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self._base_url, poolclass=sa.pool.NullPool)
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE'))
+        finally:
+            engine.dispose()
 
 
 # -- the client -------------------------------------------------------------------
@@ -366,6 +406,9 @@ def arguments(description: str, add: Callable[[argparse.ArgumentParser], None] |
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and one run: a smoke test, not a figure")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directories")
+    parser.add_argument("--store-url", default=None, metavar="URL",
+                        help="a PostgreSQL server, e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test: "
+                             "each daemon gets a fresh schema there (default: the embedded SQLite)")
     if add is not None:
         add(parser)
     args = parser.parse_args(argv)
@@ -394,6 +437,7 @@ def run_benchmark(name: str, args: argparse.Namespace, one_run: Callable[[int], 
         "median": medians,
         "per_run": [{k: rounded(v) for k, v in run.items()} for run in runs],
         "goals": goals or {},
+        "store": "postgresql" if getattr(args, "store_url", None) else "sqlite",
         "host": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "wall_seconds": round(time.monotonic() - started, 1),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

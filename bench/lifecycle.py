@@ -95,7 +95,7 @@ def dispatch_waits(per_job: dict[str, list[tuple[float, str, str]]], max_running
 
 def one_run(args) -> dict:
     config = f"[supervisor]\nmax_running = {args.max_running}\nmonitor_interval_seconds = 2\n"
-    with Kreed(config_text=config, keep=args.keep) as kreed:
+    with Kreed(config_text=config, keep=args.keep, store_url=args.store_url) as kreed:
         setup = kreed.client()
         uri = setup.upload("hello.xml")
         # Warm the workflow check (cached per version) with a job left NEW.

@@ -65,7 +65,7 @@ def all_stopped(procs: list[psutil.Process]) -> bool:
 
 def one_run(args) -> dict:
     config = f"[supervisor]\nmax_running = {args.jobs}\n"
-    with Kreed(config_text=config, keep=args.keep) as kreed:
+    with Kreed(config_text=config, keep=args.keep, store_url=args.store_url) as kreed:
         client = kreed.client()
         uri = client.upload("sleep-loop.xml")
         ids = []

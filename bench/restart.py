@@ -32,9 +32,9 @@ engines duplicated (a job with more than one engine process); engines
 replaced (a job whose engine pid changed); engines that died while kreed was
 down.  For context: kreed's CPU and the latency of GET /v1/jobs/{id}/state in
 the steady state before the kill, and the time one /proc scan for a job's
-processes takes (kree.backends.proctree.job_processes, what the monitor runs
-for each job every interval).  Then every engine is killed, kreed stopped and
-the temporary directory removed.
+processes takes (kree.backends.proctree.job_processes; the monitor makes one
+such scan per interval for all its local jobs).  Then every engine is killed,
+kreed stopped and the temporary directory removed.
 
 The tick period is 1,000 ms by default, not 200: each tick is two engine
 events (a message and a progress).  A first try at 200 ms (2,000 events/s
@@ -196,7 +196,7 @@ def check_log(events: list[dict]) -> tuple[int, int]:
 def one_run(args) -> dict:
     parameters = {".sleeper.period": args.period, ".sleeper.SDF Director.iterations": args.iterations}
     config = f"[supervisor]\nmax_running = {args.jobs}\nmonitor_interval_seconds = 2\n"
-    kreed = Kreed(config_text=config, keep=args.keep)
+    kreed = Kreed(config_text=config, keep=args.keep, store_url=args.store_url)
     try:
         kreed.start()
         client = kreed.client()

@@ -266,6 +266,9 @@ def summary(m: dict) -> str:
 
 def main(argv=None) -> None:
     args = harness.arguments(__doc__.strip().splitlines()[0], add_arguments, argv)
+    if args.store_url:
+        raise SystemExit("scale.py bulk-loads its stores into SQLite files: --store-url "
+                         "(PostgreSQL) is not supported here yet")
     if args.quick:
         args.small = min(args.small, 1000)
         args.large = min(args.large, 20_000)

@@ -31,7 +31,7 @@ def add_arguments(parser) -> None:
 
 
 def one_run(args) -> dict:
-    with Kreed(keep=args.keep) as kreed:
+    with Kreed(keep=args.keep, store_url=args.store_url) as kreed:
         setup = kreed.client()
         uri = setup.upload("hello.xml")
         # The first job pays for fetching and validating the workflow.
