@@ -297,11 +297,47 @@ def test_is_alive_zombie():
 
 
 def test_usage(job):
-    time.sleep(0.3)
-    usage = proctree.usage(job.ref, job.id)
+    # A busy child on a loaded machine: wait for its CPU time, not a fixed sleep.
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        usage = proctree.usage(job.ref, job.id)
+        if usage.cpu_seconds > 0.1:
+            break
+        assert time.monotonic() < deadline, usage
+        time.sleep(0.05)
     assert usage.processes == JOB_SIZE == len(job.processes())
-    assert usage.cpu_seconds > 0.1
     assert usage.rss_bytes > 1_000_000
+
+
+def test_usage_many_answers_for_each_job_from_one_scan(jobs):
+    first, second = jobs(), jobs()
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        many = proctree.usage_many({first.id: first.ref, second.id: second.ref,
+                                    "no-such-job": None})
+        if all(many[j.id].cpu_seconds > 0.1 for j in (first, second)):
+            break
+        assert time.monotonic() < deadline, many
+        time.sleep(0.05)
+    for job in (first, second):
+        one = proctree.usage(job.ref, job.id)
+        assert many[job.id].processes == one.processes == JOB_SIZE
+        assert many[job.id].rss_bytes > 1_000_000
+        assert abs(many[job.id].cpu_seconds - one.cpu_seconds) < 1.0
+    assert many["no-such-job"] == proctree.Usage(cpu_seconds=0.0, rss_bytes=0, processes=0)
+
+
+@pytest.mark.parametrize("block, expected", [
+    (b"A=1\0KREE_JOB_ID=abc\0B=2\0", "abc"),
+    (b"KREE_JOB_ID=first\0KREE_JOB_ID=last\0", "last"),  # the last assignment wins
+    (b"XKREE_JOB_ID=no\0", None),  # only a whole name counts
+    (b"A=1\0KREE_JOB_ID=cut", None),  # an unterminated last entry is ignored
+    (b"KREE_JOB_ID=x\0\0KREE_JOB_ID=after-the-end\0", "x"),  # the block ends at \0\0
+    (b"\0KREE_JOB_ID=y\0", None),
+    (b"", None),
+])
+def test_the_environment_marker_is_read_as_psutil_reads_it(block, expected):
+    assert proctree._marker(block) == expected
 
 
 def test_usage_counts_waited_children(jobs):
