@@ -654,10 +654,12 @@ class Supervisor(Service):
 
     async def _recover(self) -> None:
         adopted = 0
-        candidates = await self._store.jobs.active_ids()
+        # A database that is away at start is waited for: an outage must not
+        # make healthy records look damaged (quarantined) below.
+        candidates = await self._patiently(self._store.jobs.active_ids)
         for name, backend in self.backends.items():
             if getattr(backend, "batch", False):
-                candidates += await self._store.jobs.submitted_ids(name)
+                candidates += await self._patiently(self._store.jobs.submitted_ids, name)
         # Each job once, even if two queries named it: never two adoptions.
         unique: dict[str, str] = {}
         for job_id, raw_state in candidates:
@@ -679,14 +681,17 @@ class Supervisor(Service):
             return found
 
         try:
-            records = await self._store.pool.run(read_thd, [job_id for job_id, _ in candidates])
+            records = await self._patiently(self._store.pool.run, read_thd,
+                                            [job_id for job_id, _ in candidates])
+        except DatabaseUnavailable:
+            raise
         except Exception:
             records = {}  # a record that cannot be read: one by one below, so only it fails
 
         async def recover(job_id: str, raw_state: str) -> None:
             nonlocal adopted
             try:
-                job = records.get(job_id) or await self._store.jobs.get(job_id)
+                job = records.get(job_id) or await self._patiently(self._store.jobs.get, job_id)
                 if (job.state is JobState.PAUSED and job.paused_from is JobState.QUEUED
                         and not job.backend_ref):
                     return  # held before it was handed to a backend: nothing to adopt
@@ -701,6 +706,9 @@ class Supervisor(Service):
                         await backend.pause(job)  # anything forked meanwhile stops too
                     elif job.state is JobState.WAITING:
                         await self._arm_input_timer(job.id)
+            except DatabaseUnavailable:
+                self._untrack(job_id)  # shutting down with the database away: not damaged
+                raise
             except Exception as e:
                 self._untrack(job_id)
                 reason = f"its record could not be understood ({type(e).__name__}: {e})"
