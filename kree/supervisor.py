@@ -96,6 +96,7 @@ class Supervisor(Service):
         self._kill_timers: dict[str, Any] = {}
         self._dispatching = False
         self._dispatch_again = False
+        self._recovering = True
         self._monitor = LoopingCall(self._sample)
         self._monitor.clock = reactor
 
@@ -137,7 +138,11 @@ class Supervisor(Service):
             starting = getattr(backend, "start_service", None)
             if starting is not None:
                 await starting()
-        await self._recover()
+        try:
+            await self._recover()
+            await self._cancel_strays()
+        finally:
+            self._recovering = False
         self._monitor.start(self._config.supervisor.monitor_interval_seconds, now=False)
         self.kick()
 
@@ -254,6 +259,8 @@ class Supervisor(Service):
 
     def kick(self) -> None:
         """Dispatch soon; calls while a dispatch runs make it look again."""
+        if self._recovering:
+            return  # QUEUED jobs a batch system holds are not all adopted yet
         if self._dispatching:
             self._dispatch_again = True
             return
@@ -401,34 +408,36 @@ class Supervisor(Service):
         except JobNotFound:
             pass  # deleted while it ran
 
-    async def engine_started(self, job_id: str, detail: str) -> None:
-        """A batch system started a job it held: QUEUED becomes RUNNING."""
-        try:
-            await self._jobs.apply(job_id, Action.DISPATCH, reason=detail)
-        except (InvalidTransition, JobNotFound):
-            pass  # paused, stopped or deleted meanwhile; the backend acts on that
+    async def engine_started(self, job_id: str, detail: str) -> bool:
+        """
+        A batch system started a job it held: QUEUED becomes RUNNING.  False
+        if the job's state does not allow it (paused, stopped or deleted
+        meanwhile): the backend asks again later, or acts on the change.
+        """
+        return await self._system_action(job_id, Action.DISPATCH, detail)
 
     async def engine_note(self, job_id: str, text: str) -> None:
         """What the backend has to say about a job (why Slurm keeps it pending)."""
         try:
-            await self._jobs.add_message(job_id, text,
-                                         source=self._running_backend.get(job_id, "kree"))
+            await self._patiently(self._jobs.add_message, job_id, text,
+                                  source=self._running_backend.get(job_id, "kree"))
         except JobNotFound:
             pass
 
-    async def engine_paused(self, job_id: str, reason: str) -> None:
+    async def engine_paused(self, job_id: str, reason: str) -> bool:
         """The batch system suspended the job (not at our request): PAUSED."""
-        try:
-            await self._jobs.apply(job_id, Action.PAUSE, reason=reason)
-        except (InvalidTransition, JobNotFound):
-            pass
+        return await self._system_action(job_id, Action.PAUSE, reason)
 
-    async def engine_resumed(self, job_id: str, reason: str) -> None:
+    async def engine_resumed(self, job_id: str, reason: str) -> bool:
         """The batch system resumed a job it or we had suspended."""
+        return await self._system_action(job_id, Action.RESUME, reason)
+
+    async def _system_action(self, job_id: str, action: Action, reason: str) -> bool:
         try:
-            await self._jobs.apply(job_id, Action.RESUME, reason=reason)
+            await self._patiently(self._jobs.apply, job_id, action, reason=reason)
         except (InvalidTransition, JobNotFound):
-            pass
+            return False
+        return True
 
     async def engine_exited(self, job_id: str, *, ended: bool, adopted: bool,
                             reason: str | None = None) -> None:
@@ -450,11 +459,17 @@ class Supervisor(Service):
 
     async def _engine_gone(self, job_id: str, *, ended: bool, adopted: bool,
                            reason: str | None) -> None:
+        try:
+            job = await self._patiently(self._store.jobs.get, job_id)
+        except JobNotFound:
+            job = None
+        if ended and job is not None and not job.state.terminal:
+            # Its end event did not apply in the state KREE had it in: the
+            # engine is gone all the same, and the job must not wait forever.
+            ended = False
+            reason = reason or (f"the engine ended (exit code {job.exit_code}) while the "
+                                f"job was {job.state}")
         if not ended:
-            try:
-                job = await self._patiently(self._store.jobs.get, job_id)
-            except JobNotFound:
-                job = None
             if job is not None and not job.state.terminal:
                 reason = reason or (LOST if adopted else VANISHED)
                 if await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
@@ -643,12 +658,17 @@ class Supervisor(Service):
 
     # -- deleting ---------------------------------------------------------------------------------
 
-    async def release(self, job_id: str) -> None:
-        """Before a job's directory is removed: its engine must be gone."""
-        name = self._running_backend.get(job_id)
+    async def release(self, job: Job) -> None:
+        """
+        Before a job's directory is removed (its record may be gone already):
+        its engine must be gone.
+        """
+        name = self._running_backend.get(job.id)
         if name is not None:
-            await self._act(job_id, "kill")
-            await self.backends[name].wait_exited(job_id)
+            async with self._lock(job.id):
+                if job.id in self._running_backend:
+                    await self.backends[name].kill(job)
+            await self.backends[name].wait_exited(job.id)
 
     # -- restart ------------------------------------------------------------------------------------
 
@@ -732,6 +752,27 @@ class Supervisor(Service):
             await finished
         if adopted:
             self.log.info("re-adopted {count} running engines", count=adopted)
+
+    async def _cancel_strays(self) -> None:
+        """
+        Jobs a batch system still runs for KREE whose records ended or are
+        gone (kreed stopped during a stop's grace period, or a record was
+        deleted meanwhile): nothing follows them, so they are cancelled.
+        """
+        for name, backend in self.backends.items():
+            strays = getattr(backend, "untracked", None)
+            if strays is None:
+                continue
+            for job_id, cancel in strays().items():
+                try:
+                    job = await self._patiently(self._store.jobs.get, job_id)
+                except JobNotFound:
+                    job = None
+                if job is None or job.state.terminal:
+                    self.log.warn("job {job_id}: still in {backend} but {why}; cancelling it",
+                                  job_id=job_id, backend=name,
+                                  why="deleted" if job is None else f"{job.state}")
+                    await cancel()
 
     @property
     def running_count(self) -> int:

@@ -150,3 +150,50 @@ def test_a_slurm_job_whose_id_never_reached_the_store_is_found_by_name(tmp_path)
             if listed["state"] not in TERMINAL:
                 client.post(f"/v1/jobs/{listed['id']}/kill")
         server.stop()
+
+
+def test_jobs_left_in_slurm_for_ended_or_deleted_records_are_cancelled(tmp_path):
+    """
+    kreed stopped during a stop's grace period, or a record deleted while it
+    was down: Slurm still runs a kree-<id> job that nothing follows.  At
+    start kreed cancels it.
+    """
+    require_slurm()
+    server = LiveKree(tmp_path, frontends=("portal",), config_text=SLURM_CONFIG).start()
+    client = server.client("portal")
+    try:
+        done = submit(client, "hello.xml", resources=ON_SLURM)
+        assert wait_for_state(client, done["id"], TERMINAL, timeout=30)["state"] == "FINISHED"
+        assert server.stop() == 0
+        strays = {}
+        for job_id in (done["id"], "01nosuchjob0000000000000000"):
+            out = subprocess.run(
+                ["sbatch", "--parsable", f"--job-name=kree-{job_id}", "--output=/dev/null",
+                 "--wrap=sleep 120"], check=True, capture_output=True, text=True).stdout
+            strays[job_id] = int(out.strip().split(";")[0])
+        deadline = time.monotonic() + 20
+        while any(slurm_state(sid) not in ("RUNNING", "PENDING") for sid in strays.values()):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        server.start()
+        for job_id, slurm_id in strays.items():
+            deadline = time.monotonic() + 20
+            while slurm_state(slurm_id) != "CANCELLED":
+                assert time.monotonic() < deadline, (job_id, slurm_state(slurm_id))
+                time.sleep(0.1)
+        assert "still in slurm but deleted; cancelling it" in server.log
+        assert "still in slurm but FINISHED; cancelling it" in server.log
+        assert client.get(f"/v1/jobs/{done['id']}/state").json["state"] == "FINISHED"
+    finally:
+        server.stop()
+        for line in subprocess.run(["squeue", "-h", "-o", "%i|%j"], capture_output=True,
+                                   text=True).stdout.splitlines():
+            slurm_id, name = line.split("|", 1)
+            if name.startswith("kree-01nosuchjob"):
+                subprocess.run(["scancel", slurm_id])
+
+
+def slurm_state(slurm_id: int) -> str:
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-j", str(slurm_id), "-o", "%T"],
+                         capture_output=True, text=True).stdout.strip()
+    return out or "GONE"

@@ -184,7 +184,7 @@ class AdminCommands:
                 await daemon.jobs.delete(job.id)
             except KreeError:
                 continue  # it changed meanwhile
-            await daemon.supervisor.release(job.id)
+            await daemon.supervisor.release(job)
             await deferToThreadPool(daemon.reactor, daemon.reactor.getThreadPool(),
                                     shutil.rmtree, job.job_dir, True)
             purged += 1

@@ -286,7 +286,7 @@ class JobsApi:
         await self._jobs.delete(job.id, frontend_id=call.frontend.id)
         # A stopped engine may still be finishing its firing: it must be gone
         # before its directory is.
-        await self._supervisor.release(job.id)
+        await self._supervisor.release(job)
         await self._in_thread(shutil.rmtree, job.job_dir, True)
         return Response(204, None, job_id=job.id)
 

@@ -48,7 +48,9 @@ class EventTail:
                 line = {"type": "message", "level": "warning", "actor": "kree",
                         "text": "the engine wrote an unreadable event line"}
             if not isinstance(line, dict):
-                continue
+                # One record for every line consumed, so counts stay in step.
+                line = {"type": "message", "level": "warning", "actor": "kree",
+                        "text": "the engine wrote an event line that is not an object"}
             if line.get("type") == "end":
                 self.saw_end = True
             lines.append(line)

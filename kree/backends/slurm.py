@@ -37,7 +37,7 @@ Actions.  Pause: C{scontrol uhold} while pending, else C{scontrol suspend}
 (or, with C{pause_method = "signal"}, C{scancel --signal=STOP --full});
 resume undoes what pause did.  Stop: C{scancel --batch --signal=TERM} (the
 engine finishes its firing), then C{scancel} after the grace period.  Kill:
-C{scancel}.
+C{scancel --batch --signal=KILL}, then C{scancel}.
 
 Restart.  Slurm keeps the jobs while kreed is down; on start the backend
 re-adopts every job by the Slurm job id in its record and catches up from
@@ -219,6 +219,10 @@ class _Command(protocol.ProcessProtocol):
     def errReceived(self, data: bytes) -> None:
         self.err.append(data)
 
+    def cancel_timer(self) -> None:
+        if self._timer.active():
+            self._timer.cancel()
+
     def _expire(self) -> None:
         self.timed_out = True
         try:
@@ -330,6 +334,7 @@ class SlurmBackend:
             self.reactor.spawnProcess(command, executable, [executable, *args],
                                       env=env if env is not None else dict(os.environ))
         except OSError as e:
+            command.cancel_timer()
             raise CommandFailed(f"{name} could not start: {e}") from None
         out, err, code = await command.done
         if command.timed_out:
@@ -408,6 +413,8 @@ class SlurmBackend:
             if job.final_state is not None:
                 continue
             view = views.get(job.slurm_id)
+            if view is not None and view.name != JOB_NAME_PREFIX + job.job_id:
+                view = None  # the id now names someone else's job (ids reused)
             if view is None:
                 if job.submitted_at < started:
                     job.misses += 1
@@ -451,10 +458,7 @@ class SlurmBackend:
             return
         if not job.started_reported and (view.state in STARTED_STATES
                                          or view.state in ENGINE_DECIDES):
-            job.started_reported = True
-            await self.observer.engine_started(
-                job.job_id, f"started by Slurm as job {job.slurm_id}"
-                            + (f" on {view.node}" if view.node else ""))
+            await self._report_started(job)
         if view.state in STARTED_STATES:
             if job.expect is not None and (view.state == job.expect
                                            or self.reactor.seconds() > job.expect_until):
@@ -464,6 +468,12 @@ class SlurmBackend:
             return
         job.final_state = view.state
         await self._finish(job)
+
+    async def _report_started(self, job: SlurmJob) -> None:
+        """QUEUED becomes RUNNING; refused while KREE has it paused: asked again later."""
+        job.started_reported = await self.observer.engine_started(
+            job.job_id, f"started by Slurm as job {job.slurm_id}"
+                        + (f" on {job.node}" if job.node else ""))
 
     async def _follow_suspension(self, job: SlurmJob, view: SlurmView) -> None:
         """
@@ -521,6 +531,9 @@ class SlurmBackend:
             reason = failure_reason(state, cancelled_by_us=job.cancelled_by_us)
         lines = job.held_lines + await self.in_thread(job.tail.read)
         job.held_lines = []
+        if not job.started_reported and (lines or job.tail.consumed > job.reported_consumed):
+            # It ran (it wrote events) between two looks, or while kreed was down.
+            await self._report_started(job)
         if reason is not None:
             # Slurm's verdict wins over the exit code of the engine it signalled.
             lines = [line for line in lines if line.get("type") != "end"]
@@ -571,17 +584,25 @@ class SlurmBackend:
                           job_id=job.id, slurm_id=slurm_id)
         else:
             script = await self.in_thread(self._write_script, job_dir, job.id)
-            out, _, _ = await self.run("sbatch", *sbatch_arguments(job, self.settings, script),
-                                       env=self._environment(job))
-            first = out.strip().split(";")[0]
-            if not first.isdigit():
-                raise CommandFailed(f"sbatch answered {out.strip()!r}, not a job id")
-            slurm_id = int(first)
+            try:
+                out, _, _ = await self.run("sbatch",
+                                           *sbatch_arguments(job, self.settings, script),
+                                           env=self._environment(job))
+                first = out.strip().split(";")[0]
+                if not first.isdigit():
+                    raise CommandFailed(f"sbatch answered {out.strip()!r}, not a job id")
+                slurm_id = int(first)
+            except CommandFailed:
+                # A timeout or a lost answer can hide a job Slurm did accept.
+                slurm_id = await self._find_by_name(job.id)
+                if slurm_id is None:
+                    raise
             self.log.info("job {job_id}: submitted to Slurm as job {slurm_id}",
                           job_id=job.id, slurm_id=slurm_id)
         self.jobs[job.id] = SlurmJob(job.id, slurm_id, job_dir,
                                      EventTail(job_dir / "events.jsonl", job.events_consumed),
-                                     adopted=False, submitted_at=self.reactor.seconds())
+                                     adopted=False, submitted_at=self.reactor.seconds(),
+                                     reported_consumed=job.events_consumed)
         self._poll_now()
         return {"slurm_job_id": slurm_id}
 
@@ -607,6 +628,35 @@ class SlurmBackend:
         self._poll_now()
         return view is not None and (view.state in PENDING_STATES
                                      or view.state in STARTED_STATES)
+
+    async def _find_by_name(self, job_id: str) -> int | None:
+        try:
+            out, _, _ = await self.run("squeue", "--noheader", "--states=all",
+                                       f"--name={JOB_NAME_PREFIX}{job_id}",
+                                       "--format=%i|%T|%N|%r|%j")
+        except CommandFailed:
+            return None
+        found = sorted(parse_squeue(out))
+        return found[0] if found else None
+
+    def untracked(self) -> dict[str, Any]:
+        """
+        KREE jobs the first look at the queue showed that are not followed
+        (not adopted), unfinished in Slurm: job id -> a coroutine function
+        that cancels it.
+        """
+        strays = {}
+        for name, view in self._by_name.items():
+            job_id = name[len(JOB_NAME_PREFIX):]
+            if job_id in self.jobs or not (view.state in PENDING_STATES
+                                           or view.state in STARTED_STATES):
+                continue
+
+            async def cancel(slurm_id=view.slurm_id, name=name) -> None:
+                await self.run("scancel", f"--name={name}", str(slurm_id), check=False)
+
+            strays[job_id] = cancel
+        return strays
 
     def _followed(self, job: Job) -> SlurmJob | None:
         return self.jobs.get(job.id)
@@ -642,9 +692,15 @@ class SlurmBackend:
     async def _pause(self, job: Job, followed: SlurmJob) -> None:
         state = await self._state_now(followed)
         if state in PENDING_STATES:
-            await self.run("scontrol", "uhold", str(followed.slurm_id))
-            followed.held = True
-        elif state == "SUSPENDED":
+            try:
+                await self.run("scontrol", "uhold", str(followed.slurm_id))
+                followed.held = True
+                return
+            except CommandFailed:
+                state = await self._state_now(followed)  # it started just now?
+                if state not in STARTED_STATES:
+                    raise
+        if state == "SUSPENDED":
             followed.suspended = True  # already, by someone else
         elif state == "STOPPED":
             followed.stopped = True
@@ -688,12 +744,13 @@ class SlurmBackend:
             return
         followed.cancelled_by_us = True
         state = await self._state_now(followed)
-        if state in PENDING_STATES or not followed.started_reported:
-            await self.run("scancel", str(followed.slurm_id), check=False)
+        if state in PENDING_STATES:
+            await self.run("scancel", f"--name={JOB_NAME_PREFIX}{job.id}",
+                           str(followed.slurm_id), check=False)
         else:
-            # A suspended engine cannot act on SIGTERM: continue it first.
-            if state == "SUSPENDED":
-                followed.suspended = True
+            # A suspended or stopped engine cannot act on SIGTERM: continue it first.
+            followed.suspended = followed.suspended or state == "SUSPENDED"
+            followed.stopped = followed.stopped or state == "STOPPED"
             await self._continue(followed)
             await self.run("scancel", "--batch", "--signal=TERM", str(followed.slurm_id),
                            check=False)
@@ -704,7 +761,14 @@ class SlurmBackend:
         if followed is None:
             return
         followed.cancelled_by_us = True
-        await self.run("scancel", str(followed.slurm_id), check=False)
+        # A cancel (even scancel --signal=KILL) sends SIGTERM first and SIGKILL
+        # only after KillWait: the engine would stop gracefully.  Kill means
+        # SIGKILL now, to the batch step's processes; the cancel that follows
+        # ends whatever else the job has (and a pending job).
+        await self.run("scancel", "--batch", "--signal=KILL",
+                       f"--name={JOB_NAME_PREFIX}{job.id}", str(followed.slurm_id), check=False)
+        await self.run("scancel", f"--name={JOB_NAME_PREFIX}{job.id}", str(followed.slurm_id),
+                       check=False)
         self._poll_now()
 
     async def answer(self, job: Job, n: int, answer: dict[str, Any]) -> None:
