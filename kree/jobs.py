@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from twisted.logger import Logger
 
-from kree.errors import InvalidTransition
+from kree.errors import InvalidTransition, JobNotFound
 from kree.ids import new_job_id
 from kree.jobspec import InvalidJobSpec
 from kree.records import Event, Job, Message
@@ -182,18 +182,50 @@ class JobService:
         """
         events, job = await self._store.pool.run(
             self._engine_events_thd, job_id, lines, consumed, self.now())
+        self._announce_engine_events(job_id, events)
+        return job
+
+    async def apply_engine_events_many(
+            self, batches: list[tuple[str, list[dict[str, Any]], int]]) -> list[Job | JobNotFound]:
+        """
+        L{apply_engine_events} for several jobs in one transaction (a group
+        commit: with many engines writing, one commit instead of one each).
+        Per batch, in order: the job afterwards, or the JobNotFound of a job
+        deleted meanwhile (which changes nothing).
+        """
+        results = await self._store.pool.run(self._engine_events_many_thd, batches, self.now())
+        out: list[Job | JobNotFound] = []
+        for (job_id, _, _), result in zip(batches, results):
+            if isinstance(result, JobNotFound):
+                out.append(result)
+                continue
+            events, job = result
+            self._announce_engine_events(job_id, events)
+            out.append(job)
+        return out
+
+    def _engine_events_many_thd(self, conn, batches, now):
+        results = []
+        for job_id, lines, consumed in batches:
+            try:
+                results.append(self._engine_events_thd(conn, job_id, lines, consumed, now))
+            except JobNotFound as e:  # raised before it changed anything
+                results.append(e)
+        return results
+
+    def _announce_engine_events(self, job_id: str, events: list[Event]) -> None:
         for event in events:
             if event.type == "job.state":
                 self.log.info("job {job_id} {old} -> {new} ({reason})", job_id=job_id,
                               old=event.data["from"], new=event.data["to"],
                               reason=event.data.get("reason"))
             self._notify(event)
-        return job
 
     def _engine_events_thd(self, conn, job_id, lines, consumed, now):
         jobs = self._store.jobs
         out: list[Event] = []
-        if lines and jobs.get_thd(conn, job_id).events_consumed >= consumed:
+        # Read first: a deleted job raises JobNotFound before anything changes.
+        if jobs.get_thd(conn, job_id).events_consumed >= consumed and lines:
             # Applied already: a retry after a commit whose outcome was lost.
             return out, jobs.get_thd(conn, job_id)
 

@@ -97,6 +97,9 @@ class Supervisor(Service):
         self._dispatching = False
         self._dispatch_again = False
         self._recovering = True
+        # Engine events waiting for the next group commit (engine_events).
+        self._event_batches: list[tuple[str, list, int, Deferred]] = []
+        self._applying_events = False
         self._monitor = LoopingCall(self._sample)
         self._monitor.clock = reactor
 
@@ -403,10 +406,48 @@ class Supervisor(Service):
     # -- what the engine reports (EngineObserver) ---------------------------------------
 
     async def engine_events(self, job_id: str, lines: list[dict], consumed: int) -> None:
+        """
+        Apply an engine's lines.  Lines from several engines that arrive
+        while a transaction is under way go together in the next one (group
+        commit): with many engines, the database thread would otherwise
+        spend itself on one commit per engine wake-up, and every API request
+        would queue behind them.
+        """
+        done: Deferred = Deferred()
+        self._event_batches.append((job_id, lines, consumed, done))
+        if not self._applying_events:
+            self._in_background(self._apply_event_batches())
         try:
-            await self._patiently(self._jobs.apply_engine_events, job_id, lines, consumed)
+            await done
         except JobNotFound:
             pass  # deleted while it ran
+
+    async def _apply_event_batches(self) -> None:
+        self._applying_events = True
+        try:
+            while self._event_batches:
+                batch, self._event_batches = self._event_batches, []
+                items = [(job_id, lines, consumed) for job_id, lines, consumed, _ in batch]
+                try:
+                    results = await self._patiently(self._jobs.apply_engine_events_many, items)
+                except Exception:
+                    if len(batch) > 1:
+                        self.log.failure("applying {count} engines' events together failed; "
+                                         "one by one", count=len(batch))
+                    results = []
+                    for item in items:  # one bad batch must not hold back the others
+                        try:
+                            results.append(
+                                await self._patiently(self._jobs.apply_engine_events, *item))
+                        except Exception as e:
+                            results.append(e)
+                for (_, _, _, done), result in zip(batch, results):
+                    if isinstance(result, Exception):
+                        done.errback(result)
+                    else:
+                        done.callback(result)
+        finally:
+            self._applying_events = False
 
     async def engine_started(self, job_id: str, detail: str) -> bool:
         """
