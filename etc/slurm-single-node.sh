@@ -68,8 +68,12 @@ PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
 }
 
-alive() {  # alive PIDFILE
-  [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+alive() {  # alive PIDFILE: the process runs (a zombie that nobody reaped does not count)
+  local pid
+  [ -s "$1" ] || return 1
+  pid="$(cat "$1")"
+  [ -r "/proc/$pid/stat" ] || return 1
+  ! awk '{ exit ($3 == "Z") ? 0 : 1 }' "/proc/$pid/stat"
 }
 
 start() {
@@ -83,8 +87,11 @@ start() {
   fi
   mkdir -p /run/munge /var/log/munge /var/lib/munge
   chown munge:munge /run/munge /var/log/munge /var/lib/munge
-  if ! pgrep -x munged >/dev/null; then
-    runuser -u munge -- /usr/sbin/munged
+  # munged answers if munge can encode a credential; pgrep would also see
+  # a zombie left by an earlier run.
+  if ! munge -n >/dev/null 2>&1; then
+    runuser -u munge -- /usr/sbin/munged --force
+    for _ in $(seq 1 20); do munge -n >/dev/null 2>&1 && break; sleep 0.25; done
   fi
   alive "$DIR/slurmctld.pid" || /usr/sbin/slurmctld
   alive "$DIR/slurmd.pid" || /usr/sbin/slurmd
