@@ -300,6 +300,13 @@ def submit(client: Client, workflow: str, parameters=None, resources=None, queue
     return reply.json
 
 
+def kill_active_jobs(client: Client) -> None:
+    """Kill every job of the client's frontend that may still have an engine."""
+    for job in client.get("/v1/jobs?limit=500").json["jobs"]:
+        if job["state"] not in ("NEW", "FINISHED", "FAILED", "ABORTED"):
+            client.post(f"/v1/jobs/{job['id']}/kill")
+
+
 def job_processes(job_id: str) -> list:
     """Every process of a job's tree, found by its KREE_JOB_ID marker."""
     found = []

@@ -20,7 +20,7 @@ import pytest
 from kree.backends import slurm
 from kree.config import SlurmConfig
 from kree.records import Job
-from live import LiveKree, submit, wait_for_state
+from live import LiveKree, kill_active_jobs, submit, wait_for_state
 from slurm_cluster import SLURM_CONFIG, require_slurm, show_job, slurm_job, slurm_jobs
 
 TERMINAL = ("FINISHED", "FAILED", "ABORTED")
@@ -36,10 +36,7 @@ def server(tmp_path_factory):
     server = LiveKree(tmp_path_factory.mktemp("slurm"), frontends=("portal",),
                       config_text=CONFIG).start()
     yield server
-    client = server.client("portal")
-    for job in client.get("/v1/jobs?limit=500").json["jobs"]:
-        if job["state"] not in TERMINAL + ("NEW",):
-            client.post(f"/v1/jobs/{job['id']}/kill")
+    kill_active_jobs(server.client("portal"))
     assert server.stop() == 0, server.log
 
 

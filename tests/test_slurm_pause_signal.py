@@ -8,7 +8,7 @@ import time
 
 import psutil
 
-from live import LiveKree, job_processes, submit, wait_for_state
+from live import LiveKree, job_processes, kill_active_jobs, submit, wait_for_state
 from slurm_cluster import SLURM_CONFIG, require_slurm, slurm_job
 
 TERMINAL = ("FINISHED", "FAILED", "ABORTED")
@@ -51,7 +51,5 @@ def test_pause_by_signal(tmp_path):
                    if e["type"] == "job.state"]
         assert not any("in Slurm" in reason for reason in reasons), reasons
     finally:
-        for listed in client.get("/v1/jobs?limit=100").json["jobs"]:
-            if listed["state"] not in TERMINAL:
-                client.post(f"/v1/jobs/{listed['id']}/kill")
+        kill_active_jobs(client)
         assert server.stop() == 0, server.log

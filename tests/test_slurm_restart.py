@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from live import LiveKree, submit, wait_for_state
+from live import LiveKree, kill_active_jobs, submit, wait_for_state
 from slurm_cluster import SLURM_CONFIG, require_slurm, slurm_job, slurm_jobs
 
 TERMINAL = ("FINISHED", "FAILED", "ABORTED")
@@ -100,9 +100,7 @@ def test_kill_9_while_slurm_runs_the_jobs(tmp_path):
             assert len(slurm_jobs(job["id"])) == 1  # submitted once, adopted after
         assert "re-adopted" in server.log
     finally:
-        for job in client.get("/v1/jobs?limit=100").json["jobs"]:
-            if job["state"] not in TERMINAL:
-                client.post(f"/v1/jobs/{job['id']}/kill")
+        kill_active_jobs(client)
         server.stop()
 
 
@@ -146,9 +144,7 @@ def test_a_slurm_job_whose_id_never_reached_the_store_is_found_by_name(tmp_path)
         assert messages(client, job["id"]) == ["Hello, world"]
         assert len(slurm_jobs(job["id"])) == 1
     finally:
-        for listed in client.get("/v1/jobs?limit=100").json["jobs"]:
-            if listed["state"] not in TERMINAL:
-                client.post(f"/v1/jobs/{listed['id']}/kill")
+        kill_active_jobs(client)
         server.stop()
 
 

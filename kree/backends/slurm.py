@@ -818,6 +818,3 @@ class SlurmBackend:
                 for j in sorted(self.jobs.values(), key=lambda j: j.slurm_id)
             ],
         }
-
-    def running(self) -> int:
-        return len(self.jobs)
