@@ -121,7 +121,7 @@ def test_kree_admin_db_commands(store_url, tmp_path):
     assert status["head"] == migrate.head_revision()
 
     result = admin(store_url, tmp_path, "db", "upgrade")
-    assert result.returncode == 0 and "upgraded from 0001 to 0002" in result.stdout
+    assert result.returncode == 0 and "upgraded from 0001 to 0003" in result.stdout
     result = admin(store_url, tmp_path, "db", "upgrade")
     assert "nothing to do" in result.stdout
 

@@ -3,7 +3,9 @@ POST /v1/workflows: upload a workflow document.
 
 The document is stored once by its SHA-256 in <state-dir>/cache/ and named
 C{kree:workflow/<sha256>}; uploading the same bytes again answers the same
-URI (200 instead of 201).  XML from outside is parsed with defusedxml: the
+URI (200 instead of 201, for the frontend that uploaded them before: what
+others uploaded is never revealed, and a job may name only its own
+frontend's uploads).  XML from outside is parsed with defusedxml: the
 DOCTYPE line real MoML files carry is accepted and never fetched, entity
 declarations are refused.  Full validation of the model is the engine's
 (issue 4); here the document must be well-formed MoML (root <entity>).
@@ -87,8 +89,9 @@ class WorkflowsApi:
                                 store_document, self._cache_dir, sha256, data)
         if existing is None:
             await self._store.cache.record_fetch(uri, sha256=sha256, size=len(data))
+        first = await self._store.ownership.record_upload(call.frontend.id, sha256)
         body = {"uri": uri, "sha256": sha256, "size": len(data)}
-        return Response(200 if existing else 201, body, {"location": f"/v1/workflows/{sha256}"})
+        return Response(201 if first else 200, body, {"location": f"/v1/workflows/{sha256}"})
 
     @staticmethod
     def _check_and_hash(data: bytes) -> str:

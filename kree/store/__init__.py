@@ -20,6 +20,7 @@ from kree.store.engine import create_engine
 from kree.store.events import EventsStore
 from kree.store.frontends import FrontendsStore
 from kree.store.jobs import JobsStore
+from kree.store.ownership import OwnershipStore
 from kree.store.policies import PoliciesStore
 from kree.store.pool import RECONNECT_SECONDS, DBPool
 from kree.store.subscriptions import SubscriptionsStore
@@ -38,6 +39,7 @@ class Store:
         self.audit = AuditStore(self.pool)
         self.policies = PoliciesStore(self.pool)
         self.deliveries = DeliveriesStore(self.pool)
+        self.ownership = OwnershipStore(self.pool)
 
     @classmethod
     def from_url(cls, url: str, reactor, *, sqlite_synchronous="full", pool_size=4,

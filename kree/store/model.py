@@ -246,3 +246,14 @@ software = sa.Table(
     sa.Column("version", sa.Text, nullable=True),
     sa.Column("detected_at", UTCDateTime, nullable=False),
 )
+
+# Revision 0003: which frontend uploaded which workflow document, so that one
+# frontend learns nothing of another's uploads.
+workflow_uploads = sa.Table(
+    "workflow_uploads",
+    metadata,
+    sa.Column("frontend_id", sa.Integer, sa.ForeignKey("frontends.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("uploaded_at", UTCDateTime, nullable=False),
+)
