@@ -676,6 +676,11 @@ def run(argv: list[str] | None = None, environ: Mapping[str, str] = os.environ) 
 
 
 def main(argv: list[str] | None = None) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        # Never a UnicodeEncodeError on output: what cannot be encoded is escaped.
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     try:
         code = run(argv)
     except KeyboardInterrupt:

@@ -31,6 +31,11 @@ class ServerConfig:
     listen: str = "127.0.0.1:8443"
     # Request bodies larger than this are refused with 413.
     max_body_bytes: int = 1_048_576
+    # A connection with no byte in either direction for this long is closed.
+    idle_timeout_seconds: float = 60.0
+    # The request line and headers must arrive within this many seconds of
+    # their first byte (else 408); a trickling client cannot hold a connection.
+    request_head_timeout_seconds: float = 20.0
 
 
 @attrs.frozen
@@ -82,6 +87,11 @@ class SupervisorConfig:
     # How often CPU, memory and the walltime/memory limits are checked.
     monitor_interval_seconds: float = 2.0
     default_backend: str = "local"
+    # A job that names no walltime gets this one, so no run is without an
+    # end (an SDF model without iterations runs for ever); a job may ask for
+    # at most max_walltime_seconds (422 beyond).
+    default_walltime_seconds: int = 86400
+    max_walltime_seconds: int = 1209600
 
 
 @attrs.frozen
@@ -149,6 +159,8 @@ _SECTIONS = {
 }
 
 _POSITIVE = {("supervisor", "monitor_interval_seconds"), ("server", "max_body_bytes"),
+             ("server", "idle_timeout_seconds"), ("server", "request_head_timeout_seconds"),
+             ("supervisor", "default_walltime_seconds"), ("supervisor", "max_walltime_seconds"),
              ("events", "timeout_seconds"), ("events", "max_in_flight"),
              ("events", "failing_after"), ("slurm", "poll_seconds"),
              ("slurm", "events_poll_seconds"), ("slurm", "max_jobs"),
@@ -325,6 +337,12 @@ def load_config(
         sections["slurm"] = attrs.evolve(slurm, **{
             name: str(base / getattr(slurm, name))
             for name in ("job_root", "bin_dir") if getattr(slurm, name)})
+    supervisor = sections.get("supervisor", SupervisorConfig())
+    if supervisor.max_walltime_seconds > 366 * 24 * 3600:
+        problems.append("supervisor.max_walltime_seconds: at most a year (31622400)")
+    if supervisor.default_walltime_seconds > supervisor.max_walltime_seconds:
+        problems.append("supervisor.default_walltime_seconds: must not exceed "
+                        f"max_walltime_seconds ({supervisor.max_walltime_seconds})")
     default_backend = sections.get("supervisor", SupervisorConfig()).default_backend
     if default_backend == "slurm" and not sections.get("slurm", SlurmConfig()).enabled:
         problems.append('supervisor.default_backend: "slurm" needs [slurm] enabled = true')

@@ -10,13 +10,22 @@ host) happen at fetch time, in kree.fetch.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 from urllib.parse import urlsplit
 
+import attrs
+
 from kree.errors import KreeError
 
 MAX_PARAMETERS = 1000
+MAX_INPUTS = 1000
+# Hard upper bounds, whatever the configuration says: a year of seconds,
+# 64 TiB of memory.  [supervisor] max_walltime_seconds is usually far lower.
+MAX_DURATION_SECONDS = 366 * 24 * 3600
+MAX_MEMORY_BYTES = 64 * 1024**4
+MAX_CPUS = 4096
 MAX_NAME_LENGTH = 1000
 MAX_URI_LENGTH = 4096
 WORKFLOW_SCHEMES = ("https", "http", "file", "kree")
@@ -35,6 +44,35 @@ class InvalidJobSpec(KreeError):
     def __init__(self, code: str, message: str, **details: Any) -> None:
         super().__init__(message, **details)
         self.code = code
+
+
+@attrs.frozen
+class WalltimeLimits:
+    """
+    [supervisor] default_walltime_seconds and max_walltime_seconds: a job
+    that names no walltime gets the default, so no run is without an end;
+    one that asks for more than the maximum is refused (422).
+    """
+
+    default: int = 24 * 3600
+    maximum: int = 14 * 24 * 3600
+
+    @classmethod
+    def from_config(cls, supervisor) -> "WalltimeLimits":
+        return cls(int(supervisor.default_walltime_seconds),
+                   int(supervisor.max_walltime_seconds))
+
+    def apply(self, resources: dict[str, Any]) -> dict[str, Any]:
+        """C{resources} with the default walltime if none; refuses one over the maximum."""
+        walltime = resources.get("walltime")
+        if walltime is None:
+            return {**resources, "walltime": self.default}
+        if walltime > self.maximum:
+            raise InvalidJobSpec(
+                "invalid_resources",
+                f"walltime: at most {self.maximum} seconds on this server, not {walltime}",
+                field="walltime", maximum=self.maximum)
+        return resources
 
 
 def check_full_name(name: Any) -> str:
@@ -61,18 +99,28 @@ def check_parameters(value: Any, *, allow_null: bool = False) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidJobSpec("invalid_parameter", "parameters must be an object of full name: value")
     if len(value) > MAX_PARAMETERS:
-        raise InvalidJobSpec("invalid_parameter", f"at most {MAX_PARAMETERS} parameters")
+        raise InvalidJobSpec("invalid_parameter", f"at most {MAX_PARAMETERS} parameters",
+                             limit=MAX_PARAMETERS)
     for name, v in value.items():
         check_full_name(name)
         if v is None and allow_null:
             continue
-        if v is None or isinstance(v, dict):
+        if v is None or isinstance(v, dict) or not _finite(v):
             raise InvalidJobSpec(
                 "invalid_parameter",
-                f"parameter {name}: value must be a string, number, boolean or array",
+                f"parameter {name}: value must be a string, finite number, boolean or array",
                 parameter=name,
             )
     return dict(value)
+
+
+def _finite(value: Any) -> bool:
+    """No NaN or infinity anywhere in a value (they are not JSON)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
 
 
 def check_uri(uri: Any, *, schemes=WORKFLOW_SCHEMES, field: str = "workflow") -> str:
@@ -127,40 +175,57 @@ def check_inputs(value: Any) -> dict[str, str]:
         return {}
     if not isinstance(value, dict):
         raise InvalidJobSpec("invalid_input", "inputs must be an object of name: URI")
+    if len(value) > MAX_INPUTS:
+        raise InvalidJobSpec("invalid_input", f"at most {MAX_INPUTS} inputs, not {len(value)}",
+                             limit=MAX_INPUTS)
     return {
         check_input_name(name): check_uri(uri, schemes=INPUT_SCHEMES, field=f"inputs.{name}")
         for name, uri in value.items()
     }
 
 
-def parse_size(value: Any, field: str) -> int:
-    """Bytes from an integer or a string such as C{"512M"} or C{"4GiB"}."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, str):
+def parse_size(value: Any, field: str, maximum: int = MAX_MEMORY_BYTES) -> int:
+    """Bytes from an integer or a string such as C{"512M"} or C{"4GiB"}, at most C{maximum}."""
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and len(value) <= 64:
         m = _SIZE.match(value.strip())
         if m:
             unit = (m.group(2) or "").upper().rstrip("B").rstrip("I")
-            number = int(float(m.group(1)) * _UNITS[unit])
-            if number > 0:
-                return number
-    raise InvalidJobSpec("invalid_resources", f"{field}: a positive size such as 4096, \"512M\" or \"4G\"",
-                         field=field)
+            size = float(m.group(1)) * _UNITS[unit]
+            if math.isfinite(size):
+                number = int(size)
+    if number is None or number <= 0:
+        raise InvalidJobSpec("invalid_resources",
+                             f"{field}: a positive size such as 4096, \"512M\" or \"4G\"",
+                             field=field)
+    if number > maximum:
+        raise InvalidJobSpec("invalid_resources", f"{field}: at most {maximum} bytes",
+                             field=field, maximum=maximum)
+    return number
 
 
-def parse_duration(value: Any, field: str) -> int:
-    """Seconds from an integer or Slurm's C{[D-]HH:MM:SS} or C{MM:SS}."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return int(value)
-    if isinstance(value, str):
+def parse_duration(value: Any, field: str, maximum: int = MAX_DURATION_SECONDS) -> int:
+    """Seconds from a number or Slurm's C{[D-]HH:MM:SS} or C{MM:SS}, at most C{maximum}."""
+    total = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # A float from JSON is finite (the parser refuses the rest), but this
+        # is also called on values from elsewhere.
+        if isinstance(value, int) or math.isfinite(value):
+            total = value
+    elif isinstance(value, str) and len(value) <= 64:
         m = _DURATION.match(value.strip())
         if m:
             days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
             total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
-            if total > 0:
-                return total
-    raise InvalidJobSpec("invalid_resources",
-                         f"{field}: a positive number of seconds or [D-]HH:MM:SS", field=field)
+    if total is None or total <= 0:
+        raise InvalidJobSpec("invalid_resources",
+                             f"{field}: a positive number of seconds or [D-]HH:MM:SS", field=field)
+    if total > maximum:
+        raise InvalidJobSpec("invalid_resources", f"{field}: at most {maximum} seconds",
+                             field=field, maximum=maximum)
+    return max(1, int(total))
 
 
 def check_resources(value: Any) -> dict[str, Any]:
@@ -186,9 +251,10 @@ def check_resources(value: Any) -> dict[str, Any]:
         out["backend"] = value["backend"]
     if "cpus" in value:
         cpus = value["cpus"]
-        if not isinstance(cpus, int) or isinstance(cpus, bool) or not 1 <= cpus <= 4096:
-            raise InvalidJobSpec("invalid_resources", "cpus must be an integer from 1 to 4096",
-                                 field="cpus")
+        if not isinstance(cpus, int) or isinstance(cpus, bool) or not 1 <= cpus <= MAX_CPUS:
+            raise InvalidJobSpec("invalid_resources",
+                                 f"cpus must be an integer from 1 to {MAX_CPUS}",
+                                 field="cpus", maximum=MAX_CPUS)
         out["cpus"] = cpus
     if "memory" in value:
         out["memory"] = parse_size(value["memory"], "memory")

@@ -385,7 +385,13 @@ class Supervisor(Service):
             i.name for i in detail.inputs))
         staged = {}
         for item in detail.inputs:
-            result = await self._fetcher.fetch(item.uri)
+            try:
+                result = await self._fetcher.fetch(item.uri)
+            except DatabaseUnavailable:
+                raise  # still QUEUED: staged again later
+            except KreeError:
+                await self._patiently(self._store.jobs.record_staging_failed, job.id, item.name)
+                raise
             staged[item.name] = result.path
             await self._store.jobs.record_staged(job.id, item.name, result.sha256, result.size)
             await self._jobs.add_message(

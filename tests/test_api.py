@@ -43,10 +43,15 @@ def gateway(kree_server):
 
 
 @pytest.fixture(scope="module")
-def workflow(portal):
-    reply = portal.post("/v1/workflows", body=MOML, headers=XML)
-    assert reply.status in (200, 201)
-    return reply.json["uri"]
+def workflow(portal, gateway):
+    """The same document uploaded by both frontends: each may name only its own uploads."""
+    uris = set()
+    for client in (portal, gateway):
+        reply = client.post("/v1/workflows", body=MOML, headers=XML)
+        assert reply.status in (200, 201)
+        uris.add(reply.json["uri"])
+    (uri,) = uris
+    return uri
 
 
 def new_job(client, workflow, **fields):
@@ -275,6 +280,7 @@ def test_list_paginates_and_filters(kree_server, workflow, tmp_path):
     result = kree_server.admin("cert", "issue", "--frontend", "lister")
     assert result.returncode == 0, result.stderr
     client = kree_server.client("lister")
+    assert client.post("/v1/workflows", body=MOML, headers=XML).json["uri"] == workflow
     ids = [new_job(client, workflow)["id"] for _ in range(5)]
     for _ in range(2):
         reply = client.post("/v1/jobs", {"workflow": workflow}, headers={"X-KREE-User": "bob"})

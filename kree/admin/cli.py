@@ -79,15 +79,38 @@ class UsageError(CommandFailed):
     exit_code = EXIT_USAGE
 
 
+def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """
+    --config, --state-dir and --json: before the command, and after it too
+    (C{kree-admin status --json}); after it they default to "not given", so
+    they never hide the ones given before.
+    """
+    default: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
+    flag: dict[str, Any] = {"default": False} if top else {"default": argparse.SUPPRESS}
+    group = parser.add_argument_group("global options") if not top else parser
+    group.add_argument("--config", metavar="FILE", **default,
+                       help="TOML configuration (as given to kreed)")
+    group.add_argument("--state-dir", metavar="DIR", **default,
+                       help="state directory (as given to kreed)")
+    group.add_argument("--json", action="store_true", **flag, help="machine-readable output")
+
+
+def _accept_global_options_after_commands(parser: argparse.ArgumentParser) -> None:
+    """Give every command and sub-command, at any depth, the global options."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                _global_options(sub, top=False)
+                _accept_global_options_after_commands(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kree-admin",
         description="Administer a KREE installation.",
         epilog="Exit codes: 0 ok, 1 failed, 2 usage.",
     )
-    parser.add_argument("--config", metavar="FILE", help="TOML configuration (as given to kreed)")
-    parser.add_argument("--state-dir", metavar="DIR", help="state directory (as given to kreed)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    _global_options(parser, top=True)
     parser.add_argument("--version", action="version", version=f"kree-admin {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -183,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_software_commands(commands)
     _add_cache_commands(commands)
     _add_config_commands(commands)
+    _accept_global_options_after_commands(parser)
     return parser
 
 
@@ -937,7 +961,19 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _printable_streams() -> None:
+    """
+    Text that cannot be encoded (a lone surrogate in old data, a terminal in
+    ASCII) is shown escaped (C{\\ud800}) rather than crashing the command.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> None:
+    _printable_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -58,6 +58,7 @@ class AdminError(KreeError):
 
 
 def peer_uid(transport) -> int | None:
+    """The connected peer's uid (SO_PEERCRED), or None if it cannot be read."""
     try:
         sock = transport.getHandle()
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -71,10 +72,16 @@ class AdminProtocol(LineOnlyReceiver):
     MAX_LENGTH = MAX_REQUEST_BYTES
     log = Logger()
 
+    refused = False
+
     def connectionMade(self) -> None:
         uid = peer_uid(self.transport)
-        if uid is not None and uid != os.geteuid():
-            self.log.warn("admin socket: refused a connection from uid {uid}", uid=uid)
+        if uid != os.geteuid():
+            # A peer whose uid cannot be read is refused too: no credentials,
+            # no console.
+            self.refused = True
+            self.log.warn("admin socket: refused a connection from uid {uid}",
+                          uid="unknown" if uid is None else uid)
             self._send({"ok": False, "error": {"code": "forbidden",
                                                "message": "only the daemon's user may use the admin socket"}})
             self.transport.loseConnection()
@@ -85,6 +92,8 @@ class AdminProtocol(LineOnlyReceiver):
         self.transport.loseConnection()
 
     def lineReceived(self, line: bytes) -> None:
+        if self.refused:
+            return
         Deferred.fromCoroutine(self._answer(line))
 
     async def _answer(self, line: bytes) -> None:

@@ -40,7 +40,8 @@ class FeasibilityApi:
         workflow = jobspec.check_uri(body.get("workflow"))
         parameters = jobspec.check_parameters(body.get("parameters"))
         inputs = jobspec.check_inputs(body.get("inputs"))
-        resources = jobspec.check_resources(body.get("resources"))
+        resources = jobspec.WalltimeLimits.from_config(self._config.supervisor).apply(
+            jobspec.check_resources(body.get("resources")))
         reasons: list[str] = []
 
         try:
@@ -64,9 +65,13 @@ class FeasibilityApi:
             if refusal:
                 reasons.append(f"backend {backend}: {refusal}")
 
+        # "cached" only for what this frontend's own jobs brought in: what
+        # other frontends fetched is not this one's to learn.
+        used = await self._store.ownership.input_uris_used(call.frontend.id,
+                                                           sorted(set(inputs.values())))
         staging: dict[str, str] = {}
         for name, uri in inputs.items():
-            entry = await self._store.cache.get(uri)
+            entry = await self._store.cache.get(uri) if uri in used else None
             staging[name] = "cached" if entry is not None else "to_fetch"
         to_fetch = [name for name, where in staging.items() if where == "to_fetch"]
         free = self._supervisor.free_slots(backend)
@@ -79,7 +84,9 @@ class FeasibilityApi:
             "free_slots": free,
             "backend": backend,
             "estimated_start": None if reasons else estimated_start,
-            "queue_length": (await self._store.jobs.count_by_state()).get("QUEUED", 0),
+            # This frontend's own queued jobs; others' work is not its to see.
+            "queue_length": (await self._store.jobs.count_by_state(
+                frontend_id=call.frontend.id)).get("QUEUED", 0),
             "reasons": reasons,
         }
 

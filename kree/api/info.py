@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
 
-from kree import __version__
+from kree import __version__, jobspec
 from kree.api.jobs import MAX_PAGE, MAX_WAIT_SECONDS
 from kree.api.resource import ApiError, Call, Router
 from kree.records import isoformat
@@ -56,6 +56,12 @@ class InfoApi:
                 "max_body_bytes": self._config.server.max_body_bytes,
                 "max_page": MAX_PAGE,
                 "max_wait_seconds": MAX_WAIT_SECONDS,
+                "max_parameters": jobspec.MAX_PARAMETERS,
+                "max_inputs": jobspec.MAX_INPUTS,
+                "max_cpus": jobspec.MAX_CPUS,
+                "max_memory_bytes": jobspec.MAX_MEMORY_BYTES,
+                "default_walltime_seconds": self._config.supervisor.default_walltime_seconds,
+                "max_walltime_seconds": self._config.supervisor.max_walltime_seconds,
             },
         }
 

@@ -129,7 +129,9 @@ def _read_uploads(job_dir: Path):
 
 class JobsApi:
     def __init__(self, store, jobs, supervisor, waiters, reactor, threadpool, *, fetcher,
-                 checker, allowed_hosts: list[str]) -> None:
+                 checker, allowed_hosts: list[str],
+                 walltime: jobspec.WalltimeLimits = jobspec.WalltimeLimits()) -> None:
+        self._walltime = walltime
         self._allowed_hosts = allowed_hosts
         self._fetcher = fetcher
         self._checker = checker
@@ -184,8 +186,10 @@ class JobsApi:
         queue = body.get("queue", False)
         if not isinstance(queue, bool):
             raise ApiError(422, "invalid_request", "queue must be true or false")
-        if (jobspec.uploaded_workflow_sha256(workflow) is not None
-                and await self._store.cache.get(workflow) is None):
+        uploaded = jobspec.uploaded_workflow_sha256(workflow)
+        if uploaded is not None and (
+                not await self._store.ownership.uploaded(call.frontend.id, uploaded)
+                or await self._store.cache.get(workflow) is None):
             raise ApiError(422, "workflow_not_found",
                            f"no uploaded workflow {workflow}: upload it with POST /v1/workflows",
                            workflow=workflow)
@@ -213,7 +217,8 @@ class JobsApi:
                         {"location": f"/v1/jobs/{job.id}"}, job_id=job.id)
 
     def _check_resources(self, value) -> dict[str, Any]:
-        resources = jobspec.check_resources(value)
+        """Checked resources, with the default walltime when they name none."""
+        resources = self._walltime.apply(jobspec.check_resources(value))
         if "outputs_to" in resources:
             outputs.check_outputs_to(resources["outputs_to"], self._allowed_hosts)
         return resources

@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.logger import Logger
 
+from kree import jobspec
 from kree.api import tls
 from kree.api.feasibility import FeasibilityApi
 from kree.api.info import InfoApi
@@ -26,12 +27,15 @@ def build_site(config, store, jobs, supervisor, reactor, fetcher, checker) -> Ap
     jobs.add_observer(waiters.observe)
     router = Router()
     JobsApi(store, jobs, supervisor, waiters, reactor, threadpool, fetcher=fetcher,
-            checker=checker, allowed_hosts=config.fetch.allowed_hosts).register(router)
+            checker=checker, allowed_hosts=config.fetch.allowed_hosts,
+            walltime=jobspec.WalltimeLimits.from_config(config.supervisor)).register(router)
     WorkflowsApi(store, config.cache_dir, reactor, threadpool).register(router)
     InfoApi(config, jobs, store, reactor).register(router)
     SubscriptionsApi(config, store, reactor).register(router)
     FeasibilityApi(config, store, supervisor, fetcher, checker).register(router)
-    return ApiSite(ApiResource(router, store), config.server.max_body_bytes, reactor)
+    return ApiSite(ApiResource(router, store), config.server.max_body_bytes, reactor,
+                   idle_timeout=config.server.idle_timeout_seconds,
+                   head_timeout=config.server.request_head_timeout_seconds)
 
 
 class ApiService(Service):

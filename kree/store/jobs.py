@@ -186,13 +186,16 @@ class JobsStore:
             query = query.where(jobs.c.id < after)
         return [_job(row) for row in conn.execute(query)]
 
-    async def count_by_state(self) -> dict[str, int]:
-        return await self._pool.run(self.count_by_state_thd)
+    async def count_by_state(self, frontend_id: int | None = None) -> dict[str, int]:
+        return await self._pool.run(self.count_by_state_thd, frontend_id)
 
-    def count_by_state_thd(self, conn) -> dict[str, int]:
+    def count_by_state_thd(self, conn, frontend_id: int | None = None) -> dict[str, int]:
+        """Jobs per state: every frontend's, or only C{frontend_id}'s."""
         jobs = model.jobs
-        rows = conn.execute(sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state))
-        return {state: count for state, count in rows}
+        query = sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)
+        if frontend_id is not None:
+            query = query.where(jobs.c.frontend_id == frontend_id)
+        return {state: count for state, count in conn.execute(query)}
 
     # -- state ------------------------------------------------------------
 
@@ -462,6 +465,15 @@ class JobsStore:
         inputs = model.job_inputs
         conn.execute(inputs.update().where(inputs.c.job_id == job_id, inputs.c.name == name)
                      .values(status="staged", sha256=sha256, size=size, staged_at=now or utcnow()))
+
+    async def record_staging_failed(self, job_id: str, name: str) -> None:
+        await self._pool.run(self.record_staging_failed_thd, job_id, name)
+
+    def record_staging_failed_thd(self, conn, job_id: str, name: str) -> None:
+        """The input could not be fetched (the job fails with the reason)."""
+        inputs = model.job_inputs
+        conn.execute(inputs.update().where(inputs.c.job_id == job_id, inputs.c.name == name)
+                     .values(status="failed"))
 
     # -- changes allowed only while NEW ----------------------------------------
 
