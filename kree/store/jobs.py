@@ -5,6 +5,12 @@ C{transition_thd} is the heart of the store: in one transaction it locks the
 job's row, asks L{kree.states.next_state} whether the action is legal, writes
 the new state with its timestamps, and appends the matching C{job.state}
 event.  Only the job service (L{kree.jobs}) calls it.
+
+Lock order: every C{*_thd} here that writes anything of a job locks the
+job's row first (L{kree.store.events.lock_job_thd}: SELECT ... FOR UPDATE on
+PostgreSQL), before it touches the job's parameters, inputs, messages or
+events, so that writers of one job queue on its row and never deadlock; see
+L{kree.store.events} for why, and for transactions on several jobs.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from kree.errors import InvalidTransition, JobNotFound
 from kree.records import Event, Job, JobDetail, JobInput, Message
 from kree.states import Action, JobState
 from kree.store import model
-from kree.store.events import append_thd, utcnow
+from kree.store.events import (append_thd, ensure_job_locked_thd, hold_new_job_thd,
+                               lock_job_thd, lock_jobs_thd, utcnow)
 
 # Fields a transition may set besides the state and its timestamps.
 TRANSITION_FIELDS = frozenset(
@@ -114,6 +121,7 @@ class JobsStore:
                 workflow_sha256=workflow_sha256,
             )
         )
+        hold_new_job_thd(conn, job_id)
         if parameters:
             self.set_parameters_thd(conn, job_id, parameters)
         for name, uri in (inputs or {}).items():
@@ -134,14 +142,16 @@ class JobsStore:
         """
         The job C{job_id}; with C{frontend_id}, only if it belongs to that
         frontend (another frontend's job is "not found", never "forbidden",
-        so ids do not leak).
+        so ids do not leak).  With C{lock}, its row is locked for the rest of
+        the transaction (L{lock_job_thd}): how every write on a job begins.
         """
-        query = sa.select(model.jobs).where(model.jobs.c.id == job_id)
-        if frontend_id is not None:
-            query = query.where(model.jobs.c.frontend_id == frontend_id)
         if lock:
-            query = query.with_for_update()
-        row = conn.execute(query).one_or_none()
+            row = lock_job_thd(conn, job_id, frontend_id)
+        else:
+            query = sa.select(model.jobs).where(model.jobs.c.id == job_id)
+            if frontend_id is not None:
+                query = query.where(model.jobs.c.frontend_id == frontend_id)
+            row = conn.execute(query).one_or_none()
         if row is None:
             raise JobNotFound(job_id)
         return _job(row)
@@ -264,12 +274,24 @@ class JobsStore:
         event = append_thd(conn, job_id, "job.state", data, now)
         return self.get_thd(conn, job_id), event
 
+    def lock_many_thd(self, conn, job_ids) -> set[str]:
+        """
+        Lock the rows of several jobs, in order of job id, before a
+        transaction writes to all of them (a group commit, a round of
+        monitoring): two such transactions then queue instead of locking
+        shared jobs in opposite orders.  The ids of the jobs that exist.
+        """
+        return lock_jobs_thd(conn, job_ids)
+
     def update_runtime_thd(self, conn, job_id: str, **values) -> None:
-        """Monitoring and bookkeeping fields, in any state (no event)."""
+        """
+        Monitoring and bookkeeping fields, in any state (no event); the job's
+        row locked first.  A job that is gone (deleted meanwhile) is skipped.
+        """
         unknown = set(values) - RUNTIME_FIELDS
         if unknown:
             raise ValueError(f"cannot update {sorted(unknown)} outside a transition")
-        if values:
+        if values and ensure_job_locked_thd(conn, job_id):
             conn.execute(model.jobs.update().where(model.jobs.c.id == job_id).values(**values))
 
     async def update_runtime(self, job_id: str, **values) -> None:
@@ -345,11 +367,16 @@ class JobsStore:
                        now: datetime.datetime | None = None) -> Event:
         """
         Fail a job whose record cannot be understood, without reading it as
-        a Job (that is what failed), and say why in its event log.
+        a Job (that is what failed), and say why in its event log.  Only the
+        state is read, with the row locked first.
+
+        @raise JobNotFound: no such job.
         """
         now = now or utcnow()
-        old = conn.execute(sa.select(model.jobs.c.state)
-                           .where(model.jobs.c.id == job_id)).scalar_one()
+        row = lock_job_thd(conn, job_id, columns=(model.jobs.c.state,))
+        if row is None:
+            raise JobNotFound(job_id)
+        old = row.state
         conn.execute(model.jobs.update().where(model.jobs.c.id == job_id).values(
             state=JobState.FAILED.value, paused_from=None, running_since=None, ended_at=now,
             error=f"quarantined: {reason}"))
@@ -372,9 +399,13 @@ class JobsStore:
         source: str = "kree",
         now: datetime.datetime | None = None,
     ) -> tuple[Message, Event]:
-        """Record a message and its C{job.message} event."""
+        """
+        Record a message and its C{job.message} event, the job's row locked
+        first: messages of a job have ids in the order of their events, and
+        a job deleted meanwhile is JobNotFound, never a foreign-key error.
+        """
         now = now or utcnow()
-        self.get_thd(conn, job_id)  # JobNotFound rather than a foreign-key error
+        self.get_thd(conn, job_id, lock=True)
         message_id = conn.execute(
             model.job_messages.insert().values(
                 job_id=job_id, time=now, level=level, source=source, text=text
@@ -434,7 +465,12 @@ class JobsStore:
         return {name: value for name, value in rows}
 
     def set_parameters_thd(self, conn, job_id: str, parameters: dict[str, Any]) -> None:
-        """Set (insert or replace) parameters by full name; None removes one."""
+        """
+        Set (insert or replace) parameters by full name; None removes one.
+        The job's row is locked first (JobNotFound if there is none).
+        """
+        if not ensure_job_locked_thd(conn, job_id):
+            raise JobNotFound(job_id)
         params = model.job_parameters
         for name, value in parameters.items():
             conn.execute(
@@ -446,6 +482,9 @@ class JobsStore:
     # -- inputs -------------------------------------------------------------
 
     def set_input_thd(self, conn, job_id: str, name: str, uri: str) -> None:
+        """Set an input's URI (pending again); the job's row locked first."""
+        if not ensure_job_locked_thd(conn, job_id):
+            raise JobNotFound(job_id)
         inputs = model.job_inputs
         conn.execute(inputs.delete().where(inputs.c.job_id == job_id, inputs.c.name == name))
         conn.execute(inputs.insert().values(job_id=job_id, name=name, uri=uri, status="pending"))
@@ -462,6 +501,9 @@ class JobsStore:
 
     def record_staged_thd(self, conn, job_id: str, name: str, sha256: str, size: int,
                           now: datetime.datetime | None = None) -> None:
+        """An input fetched; the job's row locked first (a job gone is skipped)."""
+        if not ensure_job_locked_thd(conn, job_id):
+            return
         inputs = model.job_inputs
         conn.execute(inputs.update().where(inputs.c.job_id == job_id, inputs.c.name == name)
                      .values(status="staged", sha256=sha256, size=size, staged_at=now or utcnow()))

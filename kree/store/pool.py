@@ -14,6 +14,13 @@ Faults.  A transaction is run again only when that is safe:
  - SQLite answered "database is locked" (kree-admin writing at the same
    moment, for longer than the busy timeout): nothing was committed; up to
    L{RETRIES} more times.
+ - PostgreSQL rolled the transaction back as the loser of a conflict with
+   another: a deadlock (SQLSTATE 40P01) or a serialization failure (40001).
+   Up to L{CONFLICT_RETRIES} more times, after a jittered exponential
+   backoff (so that the two losers of one deadlock do not collide again),
+   each logged.  The store's own writes take a job's row first (see
+   L{kree.store.events}) and should not deadlock at all; this is for what
+   is left (several jobs in one transaction, kree-admin, stricter isolation).
  - PostgreSQL could not be reached, or the connection broke before COMMIT was
    sent (a server restart, a failover): the server rolled the transaction
    back.  The pool tries again, with backoff, until the server answers or the
@@ -29,12 +36,20 @@ Faults.  A transaction is run again only when that is safe:
    again.
 
 What is left is raised: from L{run} as L{DatabaseUnavailable} (the API's 503)
-when the database is out of reach, from L{run_in_thread} as SQLAlchemy's
-error.
+when the database is out of reach or the conflicts went on, from
+L{run_in_thread} as SQLAlchemy's error.
+
+Running a transaction again means calling its function again, from the
+start, on a new transaction: a thread-side function must therefore do
+nothing but database work through its connection (no files, no messages, no
+changes to objects outside it that a second run would repeat), and compute
+anything that must not change between runs (ids, times) before it is
+called.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from typing import Any, Callable, TypeVar
@@ -56,10 +71,35 @@ RECONNECT_SECONDS = 10.0
 RECONNECT_FIRST_DELAY_SECONDS = 0.1
 RECONNECT_MAX_DELAY_SECONDS = 1.0
 UNAVAILABLE = "the database is unavailable; try again shortly"
+# Conflicts between transactions that PostgreSQL resolves by rolling one back.
+CONFLICTS = {"40001": "serialization failure", "40P01": "deadlock"}
+CONFLICT_RETRIES = 8
+CONFLICT_FIRST_DELAY_SECONDS = 0.01
+CONFLICT_MAX_DELAY_SECONDS = 0.5
+CONFLICTED = ("the change conflicted with others made at the same time, again and again; "
+              "try again shortly")
 
 
 def _locked(error: Exception) -> bool:
     return isinstance(error, sa.exc.OperationalError) and "database is locked" in str(error)
+
+
+def _conflict(error: Exception) -> str | None:
+    """The SQLSTATE if the server rolled the transaction back over a conflict."""
+    if not isinstance(error, sa.exc.DBAPIError):
+        return None
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    return sqlstate if sqlstate in CONFLICTS else None
+
+
+def conflict_delay(attempt: int) -> float:
+    """
+    Seconds to wait before retry C{attempt} (1, 2, ...) after a conflict:
+    exponential, capped, and jittered over its upper half, so that the
+    transactions of one deadlock come back at different moments.
+    """
+    ceiling = min(CONFLICT_MAX_DELAY_SECONDS, CONFLICT_FIRST_DELAY_SECONDS * 2 ** (attempt - 1))
+    return random.uniform(ceiling / 2, ceiling)
 
 
 class _NotRun(Exception):
@@ -153,6 +193,8 @@ class DBPool:
                     "and the database did not come back to say whether it was; check before "
                     "trying again", outcome="unknown") from error.error
             raise DatabaseUnavailable(UNAVAILABLE) from error.error
+        if _conflict(error):
+            raise DatabaseUnavailable(CONFLICTED) from error
         if isinstance(error, sa.exc.OperationalError):
             raise DatabaseUnavailable(UNAVAILABLE) from error
         return failure
@@ -161,7 +203,7 @@ class DBPool:
 
     def _run_until(self, deadline: float, fn, args, kwargs):
         """Run the transaction, again while that is safe and C{deadline} allows."""
-        locked = cut_off = 0
+        locked = cut_off = conflicts = 0
         delay = RECONNECT_FIRST_DELAY_SECONDS
         while True:
             try:
@@ -182,7 +224,24 @@ class DBPool:
                 time.sleep(min(delay, remaining))
                 delay = min(2 * delay, RECONNECT_MAX_DELAY_SECONDS)
                 continue
-            except sa.exc.OperationalError as e:
+            except sa.exc.DBAPIError as e:
+                sqlstate = _conflict(e)
+                if sqlstate is not None:
+                    name = getattr(fn, "__qualname__", fn)
+                    if conflicts == CONFLICT_RETRIES:
+                        self.log.error("database transaction {fn} lost {attempts} conflicts "
+                                       "({sqlstate} {conflict}) in a row; giving up", fn=name,
+                                       attempts=conflicts + 1, sqlstate=sqlstate,
+                                       conflict=CONFLICTS[sqlstate])
+                        raise
+                    conflicts += 1
+                    pause = conflict_delay(conflicts)
+                    self.log.warn("database transaction {fn} was rolled back ({sqlstate} "
+                                  "{conflict}); retry {attempt} in {pause} s", fn=name,
+                                  sqlstate=sqlstate, conflict=CONFLICTS[sqlstate],
+                                  attempt=conflicts, pause=round(pause, 3))
+                    time.sleep(pause)
+                    continue
                 if not _locked(e) or locked == RETRIES:
                     raise
                 locked += 1
