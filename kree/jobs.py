@@ -205,6 +205,9 @@ class JobService:
         return out
 
     def _engine_events_many_thd(self, conn, batches, now):
+        # Every job of the group locked in id order first: two group commits
+        # (or one and a round of monitoring) then never lock in opposite orders.
+        self._store.jobs.lock_many_thd(conn, [job_id for job_id, _, _ in batches])
         results = []
         for job_id, lines, consumed in batches:
             try:

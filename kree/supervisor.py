@@ -619,6 +619,7 @@ class Supervisor(Service):
             return found
 
         def write_thd(conn, values: dict[str, dict[str, Any]]) -> None:
+            store.lock_many_thd(conn, values)  # in id order, as every multi-job write
             for job_id, fields in values.items():
                 store.update_runtime_thd(conn, job_id, **fields)
 

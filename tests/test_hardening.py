@@ -194,7 +194,7 @@ def test_walltime_settings_are_checked(tmp_path):
 
     path = tmp_path / "kree.toml"
     path.write_text("[supervisor]\ndefault_walltime_seconds = 7200\nmax_walltime_seconds = 3600\n")
-    with pytest.raises(ConfigError, match="default_walltime_seconds"):
+    with pytest.raises(ConfigError, match="default_walltime_seconds: must not exceed"):
         load_config(path)
 
 

@@ -512,7 +512,9 @@ class JobsStore:
         await self._pool.run(self.record_staging_failed_thd, job_id, name)
 
     def record_staging_failed_thd(self, conn, job_id: str, name: str) -> None:
-        """The input could not be fetched (the job fails with the reason)."""
+        """The input could not be fetched (the job fails with the reason); the row locked first."""
+        if not ensure_job_locked_thd(conn, job_id):
+            return
         inputs = model.job_inputs
         conn.execute(inputs.update().where(inputs.c.job_id == job_id, inputs.c.name == name)
                      .values(status="failed"))
