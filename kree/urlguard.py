@@ -1,8 +1,9 @@
 """
-Guarding outgoing requests (callbacks now; workflow and input fetching next):
-allowed schemes, the admin's host allow-list, and no loopback, link-local,
-private, multicast or otherwise reserved address unless the admin allows
-them ([fetch] allow_private_addresses).  Addresses are checked after
+Guarding outgoing requests (callbacks, fetching workflows and inputs,
+uploading results): allowed schemes, the admin's host allow-list, and only
+globally routable addresses, also for the IPv4 inside IPv6 addresses
+(mapped, compatible, 6to4, Teredo, NAT64), unless the admin allows others
+([fetch] allow_private_addresses).  Addresses are checked after
 resolution, at subscription time and again before each request, since DNS
 can change.
 """
@@ -58,12 +59,64 @@ def check_url(url: object, allowed_hosts: list[str], *, schemes=("https", "http"
     return parts
 
 
+# Ranges that ipaddress may call global but that are not the open Internet.
+_NOT_PUBLIC = (
+    ipaddress.ip_network("100.64.0.0/10"),    # shared address space (carrier NAT; cloud metadata)
+    ipaddress.ip_network("192.88.99.0/24"),   # the deprecated 6to4 relay anycast
+    ipaddress.ip_network("192.0.0.0/24"),     # IETF protocol assignments
+)
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """
+    The IPv4 addresses an IPv6 address carries and routes to: IPv4-mapped
+    (C{::ffff:a.b.c.d}), IPv4-compatible (C{::a.b.c.d}), 6to4 (C{2002:AABB:CCDD::}),
+    Teredo (server and client of C{2001:0::/32}) and NAT64 (C{64:ff9b::/96},
+    C{64:ff9b:1::/48}, the IPv4 in the last 32 bits).
+    """
+    found = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if ip in _IPV4_COMPATIBLE and int(ip) > 1:  # not :: nor ::1
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    if any(ip in net for net in _NAT64):
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return found
+
+
 def address_allowed(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return not (ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_multicast
-                or ip.is_reserved or ip.is_unspecified)
+    """
+    Only globally routable addresses: none that is loopback, private,
+    link-local, multicast, reserved, shared (100.64.0.0/10) or otherwise not
+    global, and, for IPv6, none that carries such an IPv4 address inside
+    (mapped, compatible, 6to4, Teredo, NAT64).
+    """
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    candidates = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        inside = embedded_ipv4(ip)
+        if ip.ipv4_mapped is not None or ip in _IPV4_COMPATIBLE or any(ip in n for n in _NAT64):
+            # Only a way of writing (or translating to) the IPv4 address.
+            candidates = inside or [ip]
+        else:
+            candidates += inside
+    return all(_public(candidate) for candidate in candidates)
+
+
+def _public(ip) -> bool:
+    if isinstance(ip, ipaddress.IPv4Address) and any(ip in net for net in _NOT_PUBLIC):
+        return False
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified
+                                 or ip.is_loopback or ip.is_link_local)
 
 
 def _resolve(host: str, port: int) -> list[str]:
