@@ -98,13 +98,18 @@ def kree_server(tmp_path_factory):
     occupies that slot for the whole module, so the jobs the tests queue stay
     QUEUED (the supervisor would otherwise run them at once).
     """
-    from live import LiveKree, hold_the_queue
+    from live import LiveKree, hold_the_queue, kill_active_jobs, wait_for_state
 
     server = LiveKree(tmp_path_factory.mktemp("kree"), frontends=("portal", "gateway", "holder"),
                       config_text=SUPERVISOR_ONE_SLOT).start()
     holder = hold_the_queue(server)
     yield server
+    # Engines outlive kreed (it re-adopts them at its next start): kill every
+    # job that could still get one before the held slot is freed.
+    for name in ("portal", "gateway"):
+        kill_active_jobs(server.client(name))
     holder.post(f"/v1/jobs/{holder.job_id}/kill")
+    wait_for_state(holder, holder.job_id, "ABORTED")
     assert server.stop() == 0, server.log
 
 
