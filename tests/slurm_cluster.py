@@ -8,6 +8,7 @@ tests; elsewhere they are skipped, with the reason, when no cluster answers.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 
@@ -24,14 +25,21 @@ events_poll_seconds = 0.2
 """
 
 
-def require_slurm() -> None:
+@functools.cache
+def _slurm_problem() -> str | None:
+    """Why no cluster answers, or None; asked once per test run (sinfo can take seconds)."""
     try:
         answer = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
                                 timeout=10)
-        problem = None if answer.returncode == 0 and answer.stdout.strip() else (
-            answer.stderr.strip() or "sinfo shows no node")
     except (OSError, subprocess.TimeoutExpired) as e:
-        problem = str(e)
+        return str(e)
+    if answer.returncode == 0 and answer.stdout.strip():
+        return None
+    return answer.stderr.strip() or "sinfo shows no node"
+
+
+def require_slurm() -> None:
+    problem = _slurm_problem()
     if problem is None:
         return
     if os.environ.get("KREE_REQUIRE_SLURM") == "1":
