@@ -141,6 +141,20 @@ class EventsConfig:
 
 
 @attrs.frozen
+class ValidationConfig:
+    # Checking a workflow (the engine's validate, before a job is created and
+    # for feasibility): seconds one check may take before it is killed
+    # (422 workflow_check_failed, details.limit = "time").
+    timeout_seconds: float = 10.0
+    # Bytes of memory one check may use (422 workflow_check_failed,
+    # details.limit = "memory").
+    max_memory_bytes: int = 536_870_912
+    # Checks running at once; a request that needs one more is answered
+    # 503 busy with Retry-After.
+    max_concurrent: int = 2
+
+
+@attrs.frozen
 class LogConfig:
     # "auto": text on a terminal, JSON lines otherwise.
     format: str = "auto"
@@ -155,6 +169,7 @@ _SECTIONS = {
     "supervisor": SupervisorConfig,
     "events": EventsConfig,
     "slurm": SlurmConfig,
+    "validation": ValidationConfig,
     "log": LogConfig,
 }
 
@@ -165,6 +180,8 @@ _POSITIVE = {("supervisor", "monitor_interval_seconds"), ("server", "max_body_by
              ("events", "failing_after"), ("slurm", "poll_seconds"),
              ("slurm", "events_poll_seconds"), ("slurm", "max_jobs"),
              ("slurm", "command_timeout_seconds")}
+_POSITIVE |= {("validation", "timeout_seconds"), ("validation", "max_memory_bytes"),
+              ("validation", "max_concurrent")}
 
 _CHOICES = {
     ("store", "sqlite_synchronous"): ("normal", "full"),
@@ -185,6 +202,7 @@ class Config:
     supervisor: SupervisorConfig = SupervisorConfig()
     events: EventsConfig = EventsConfig()
     slurm: SlurmConfig = SlurmConfig()
+    validation: ValidationConfig = ValidationConfig()
     log: LogConfig = LogConfig()
     # The file this came from, if any.
     source: Path | None = None

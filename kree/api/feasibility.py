@@ -6,7 +6,8 @@ validated by the engine with the admin's actor policy and the software here,
 parameter names), plus resources against this machine and the configured
 limits, and data locality: inputs already in the cache need no staging.
 For Slurm, C{sbatch --test-only} says whether the cluster would take the job
-and when it expects to start it.
+and when it expects to start it.  A check that hits a C{[validation]} limit is
+a reason; when all checkers are busy the answer is 503 C{busy} (Retry-After).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import psutil
 from kree import jobspec
 from kree.api.resource import ApiError, Call, Router
 from kree.errors import KreeError
+from kree.validation import CheckerBusy
 
 
 class FeasibilityApi:
@@ -53,6 +55,8 @@ class FeasibilityApi:
             else:
                 reasons += [f"parameter {name}: the workflow has no such parameter"
                             for name in sorted(parameters) if name not in checked.parameters]
+        except CheckerBusy:
+            raise  # 503: no verdict, the client should ask again
         except KreeError as e:
             reasons.append(f"workflow: {e.message}")
 

@@ -388,6 +388,9 @@ class ApiResource(resource.Resource):
         if isinstance(error, DatabaseUnavailable):
             # The store has waited for the database already (and logged it).
             request.setHeader(b"retry-after", str(RETRY_AFTER_SECONDS).encode())
+        elif getattr(error, "retry_after_seconds", None) is not None:
+            # An error that knows when to try again (a busy workflow checker).
+            request.setHeader(b"retry-after", str(error.retry_after_seconds).encode())
         if isinstance(error, KreeError):
             return error.status, error.to_json()
         if isinstance(error, UnicodeDecodeError):

@@ -2,7 +2,8 @@
 The engine's commands.
 
     python -m kree.engine run [--no-events-fd] JOBDIR
-    python -m kree.engine validate FILE [--param NAME=VALUE ...] [--policy FILE]
+    python -m kree.engine validate FILE [--param NAME=VALUE ...] [--policy FILE|-]
+                                   [--max-memory BYTES] [--new-session]
     python -m kree.engine params FILE
     python -m kree.engine actors | software
 
@@ -13,7 +14,14 @@ C{kree-engine} takes the same commands and also Kepler's command line:
 where NAME is relative to the top level as in Kepler (C{-iterations 10}
 reaches the director) or a full name starting with '.'.  Unlike Kepler, a
 failed workflow exits non-zero.  Exit codes: 0 finished (or valid), 1 failed
-(or invalid), 2 usage, 3 stopped.
+(or invalid), 2 usage, 3 stopped, 4 (validate) out of memory under
+C{--max-memory}.
+
+The daemon's workflow checker (kree.validation) runs C{validate} with the
+policy on stdin (C{--policy -}), C{--max-memory} (the process limits its own
+data segment first thing, so a runaway check fails with exit 4 instead of
+growing) and C{--new-session} (a process group of its own, which the daemon
+kills whole at its deadline).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 from pathlib import Path
@@ -32,6 +41,8 @@ from kree.engine.registry import Registry
 from kree.engine.runner import check, run_job
 
 COMMANDS = ("run", "validate", "params", "actors", "software")
+# validate ran out of the memory that --max-memory allowed it.
+EXIT_OUT_OF_MEMORY = 4
 
 
 def parse_value(text: str) -> Any:
@@ -64,8 +75,34 @@ def _print(value: Any) -> None:
     print(json.dumps(value, indent=2))
 
 
+def _limit_memory(limit: int) -> None:
+    """At most C{limit} bytes of data segment (heap and anonymous mappings) from now on."""
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+
 def command_validate(args) -> int:
-    policy = json.loads(_read(args.policy)) if args.policy else None
+    if args.new_session:
+        try:
+            os.setsid()
+        except OSError:
+            pass  # already a session leader
+    if args.max_memory is not None:
+        _limit_memory(args.max_memory)
+        try:
+            return _validate(args)
+        except MemoryError:
+            # Whatever needed the memory has been unwound; write without allocating much.
+            os.write(2, b"kree-engine: the check ran out of memory (--max-memory %d)\n"
+                     % args.max_memory)
+            os._exit(EXIT_OUT_OF_MEMORY)
+    return _validate(args)
+
+
+def _validate(args) -> int:
+    if args.policy == "-":
+        policy = json.loads(sys.stdin.buffer.read())
+    else:
+        policy = json.loads(_read(args.policy)) if args.policy else None
     checked = check(_read(args.file), overrides=_params(args.param), policy=policy)
     result = {
         "valid": not checked.problems,
@@ -90,6 +127,16 @@ def command_params(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kree-engine", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -101,7 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a workflow without running it")
     validate.add_argument("file", metavar="FILE")
     validate.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
-    validate.add_argument("--policy", metavar="FILE", help="actor policy (JSON)")
+    validate.add_argument("--policy", metavar="FILE", help="actor policy (JSON); - for stdin")
+    validate.add_argument("--max-memory", metavar="BYTES", type=_positive_int,
+                          help=f"limit the check's memory; exit {EXIT_OUT_OF_MEMORY} beyond it")
+    validate.add_argument("--new-session", action="store_true",
+                          help="run in a session and process group of its own")
     params = commands.add_parser("params", help="list a workflow's parameters and defaults")
     params.add_argument("file", metavar="FILE")
     commands.add_parser("actors", help="list the actor classes (JSON)")

@@ -40,8 +40,15 @@ Value model (plain Python): bool (Ptolemy boolean), int (int), L{Long}
 (long: an int subclass that keeps its type for L{to_string}), float
 (double), str (string), list (array) and dict with str keys (record).
 Arithmetic gives float when an operand is a float, else Long when an operand
-is a Long, else int.  Integers do not wrap around at 32 or 64 bits as in
-Java, but any integer result is limited to L{MAX_INT_BITS} bits.
+is a Long, else int.  A long is 64-bit two's complement and wraps around as
+in Java: C{-MinLong} and C{abs(MinLong)} are C{MinLong}, C{MaxLong + 1L} is
+C{MinLong}, C{2L ^ 64} is C{0L}, a long's shift count is taken modulo 64
+(C{1L << 64} is C{1L}), C{long(1.0e30)} is C{MaxLong}.  A decimal long
+literal may be at most 9223372036854775808L (the magnitude of C{MinLong},
+which is what it stands for, so C{-9223372036854775808L} is C{MinLong}), a
+hexadecimal one at most 64 bits (C{0xFFFFFFFFFFFFFFFFL} is C{-1L}).  Ints do
+not wrap around at 32 bits as in Java, but any integer result is limited to
+L{MAX_INT_BITS} bits.
 
 Resources are bounded so that hostile text fails fast with L{ExpressionError}:
 the text is at most L{MAX_LENGTH} characters, bracket nesting and AST depth
@@ -81,10 +88,27 @@ class ExpressionError(Exception):
     """An expression that cannot be parsed or evaluated; the message says why (and where)."""
 
 
+LONG_BITS = 64
+_LONG_MODULUS = 1 << LONG_BITS
+_LONG_MIN = -(1 << (LONG_BITS - 1))
+_LONG_MAX = (1 << (LONG_BITS - 1)) - 1
+
+
 class Long(int):
-    """A Ptolemy long (written C{500L}): an int that keeps its type through arithmetic."""
+    """
+    A Ptolemy long (written C{500L}): an int that keeps its type through
+    arithmetic.  Every Long is a 64-bit two's-complement value: a larger
+    integer given to the constructor wraps around as Java's long arithmetic
+    does (C{Long(2**63)} is C{MinLong}).
+    """
 
     __slots__ = ()
+
+    def __new__(cls, value: int = 0) -> "Long":
+        value = int(value)
+        if not _LONG_MIN <= value <= _LONG_MAX:
+            value = (value - _LONG_MIN) % _LONG_MODULUS + _LONG_MIN
+        return super().__new__(cls, value)
 
     def __repr__(self) -> str:
         return f"Long({int(self)})"
@@ -94,7 +118,7 @@ CONSTANTS: Mapping[str, Any] = MappingProxyType({
     "PI": math.pi, "pi": math.pi, "E": math.e, "e": math.e,
     "Infinity": math.inf, "NaN": math.nan,
     "MaxInt": 2**31 - 1, "MinInt": -(2**31),
-    "MaxLong": Long(2**63 - 1), "MinLong": Long(-(2**63)),
+    "MaxLong": Long(_LONG_MAX), "MinLong": Long(_LONG_MIN),
     "MaxDouble": sys.float_info.max, "MinDouble": 5e-324,
 })
 
@@ -296,7 +320,13 @@ def _number(text: str, start: int, end: int) -> int | float:
         raise _syntax_error(f"number '{literal[:20]}...' too large", start + 1, text) from None
     if value.bit_length() > MAX_INT_BITS:
         raise _syntax_error(f"number '{literal[:20]}...' too large", start + 1, text)
-    return Long(value) if is_long else value
+    if is_long:
+        # Java's limits: 2^63 only stands for MinLong (after a minus sign),
+        # a hexadecimal long is any 64-bit pattern (0xFFFFFFFFFFFFFFFFL is -1L).
+        if value > (_LONG_MODULUS - 1 if is_hex else -_LONG_MIN):
+            raise _syntax_error(f"number '{literal[:24]}' too large for a long", start + 1, text)
+        return Long(value)
+    return value
 
 
 def _scan_string(text: str, start: int) -> tuple[str, int]:
@@ -909,6 +939,8 @@ def _arithmetic(op: str, left: Any, right: Any, budget: _Budget) -> Any:
     kind = _result_kind(left, right)
     if kind is float or (op == "^" and right < 0):
         return _FLOAT_ARITHMETIC[op](_to_float(left), _to_float(right))
+    if kind is Long and op == "^":  # repeated 64-bit multiplication, as in Ptolemy
+        return Long(pow(int(left), int(right), _LONG_MODULUS))
     result = _check_int(_INT_ARITHMETIC[op](int(left), int(right)))
     budget.charge(result.bit_length() // 64)
     return Long(result) if kind is Long else result
@@ -1024,13 +1056,15 @@ def _shift(op: str, value: Any, count: Any) -> int:
     if count < 0:
         raise ExpressionError(f"'{op}' requires a non-negative shift count, got {count}")
     number = int(value)
+    if isinstance(value, Long):  # Java takes a long's shift count modulo 64
+        count = int(count) % LONG_BITS
     if op == "<<":
         if number and number.bit_length() + count > MAX_INT_BITS:
             raise _int_too_large()
         result = number << count
     else:
         if op == ">>>" and number < 0:  # as an unsigned 32-bit int or 64-bit long
-            number &= (1 << (64 if isinstance(value, Long) else 32)) - 1
+            number &= (1 << (LONG_BITS if isinstance(value, Long) else 32)) - 1
         result = number >> min(count, number.bit_length() + 1)
     return _convert(result, _result_kind(value, count))
 
@@ -1203,7 +1237,10 @@ def _to_int(budget: _Budget, value: Any) -> int:
 
 
 def _to_long(budget: _Budget, value: Any) -> Long:
-    return Long(_truncate(_require_number(value, "long"), "long"))
+    number = _truncate(_require_number(value, "long"), "long")
+    if isinstance(value, float):  # Java's (long) of a double saturates
+        number = min(max(number, _LONG_MIN), _LONG_MAX)
+    return Long(number)
 
 
 def _to_double(budget: _Budget, value: Any) -> float:
