@@ -147,7 +147,7 @@ class KreeDaemon(AsyncMultiService):
         self.fetcher = Fetcher(config, self.store, reactor,
                                freshness_seconds=config.fetch.freshness_seconds)
         self.uploader = OutputUploader(config, reactor)
-        self.checker = WorkflowChecker(reactor)
+        self.checker = WorkflowChecker(reactor, limits=config.validation)
         self.supervisor = Supervisor(config, self.store, self.jobs, reactor,
                                      fetcher=self.fetcher, uploader=self.uploader,
                                      stop_jobs_on_exit=stop_jobs_on_exit)

@@ -449,3 +449,26 @@ def test_global_options_after_the_command(server, tmp_path):
          "--ca", str(server.ca_path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "jobs" in json.loads(result.stdout)
+
+
+# -- 4. a check nobody waits for is killed ---------------------------------------------------------
+
+
+def test_a_check_is_killed_when_its_client_goes_away(server, portal):
+    from test_validation_limits import HUGE, _validate_children
+
+    uri = portal.post("/v1/workflows", body=HUGE, headers=XML).json["uri"]
+    body = json.dumps({"workflow": uri}).encode()
+    sock = tls_socket(server)
+    sock.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                 % (len(body), body))
+    deadline = time.monotonic() + 60
+    while not (checkers := _validate_children(server.process.pid)):
+        assert time.monotonic() < deadline, "the check did not start"
+        time.sleep(0.02)
+    sock.close()  # long before the check's 10 s limit
+    for checker in checkers:
+        checker.wait(timeout=8)  # psutil: raises TimeoutExpired if it lives on
+    rows = wait_for_audit(server, 1, actor="portal", status=499)
+    assert rows and rows[-1]["details"]["error"] == "client_gone"

@@ -48,8 +48,10 @@ class FeasibilityApi:
 
         try:
             fetched = await self._fetcher.fetch(workflow)
-            checked = await self._checker.check(fetched.path, fetched.sha256,
-                                                await self._store.policies.all())
+            policy = await self._store.policies.all()
+            # Killed if the client goes away meanwhile.
+            checked = await call.while_connected(
+                self._checker.check(fetched.path, fetched.sha256, policy))
             if not checked.valid:
                 reasons += [f"workflow: {problem}" for problem in checked.problems]
             else:

@@ -196,7 +196,7 @@ class JobsApi:
         # Fetch (a conditional request when cached) and check it now, so a
         # frontend hears about a bad workflow or parameter at once.
         fetched = await self._fetcher.fetch(workflow)
-        checked = await self._check(fetched.path, fetched.sha256)
+        checked = await self._check(call, fetched.path, fetched.sha256)
         self._check_parameter_names(checked, parameters)
         sha256 = fetched.sha256
         job = await self._jobs.create(
@@ -223,8 +223,10 @@ class JobsApi:
             outputs.check_outputs_to(resources["outputs_to"], self._allowed_hosts)
         return resources
 
-    async def _check(self, path, sha256: str):
-        checked = await self._checker.check(path, sha256, await self._store.policies.all())
+    async def _check(self, call: Call, path, sha256: str):
+        """The engine's check; killed if the client goes away meanwhile."""
+        policy = await self._store.policies.all()
+        checked = await call.while_connected(self._checker.check(path, sha256, policy))
         if not checked.valid:
             raise ApiError(422, "invalid_workflow", "the workflow cannot run: "
                            + "; ".join(checked.problems[:10]), problems=checked.problems)
@@ -238,12 +240,12 @@ class JobsApi:
                            f"the workflow has no parameter {', '.join(unknown)}",
                            unknown=unknown)
 
-    async def _checked_for(self, job: Job):
+    async def _checked_for(self, call: Call, job: Job):
         """The check of the workflow version a job was created with (cached)."""
         if job.workflow_sha256 is None:
             return None
         path = self._fetcher.cache_path(job.workflow_sha256)
-        return await self._check(path, job.workflow_sha256)
+        return await self._check(call, path, job.workflow_sha256)
 
     async def list(self, call: Call) -> dict[str, Any]:
         state = call.query("state")
@@ -298,7 +300,7 @@ class JobsApi:
     async def get_parameters(self, call: Call) -> dict[str, Any]:
         job = await self._job(call)
         detail = await self._store.jobs.get_detail(job.id, call.frontend.id)
-        checked = await self._checked_for(job)
+        checked = await self._checked_for(call, job)
         defaults = {name: row["default"] for name, row in (checked.parameters if checked else {}).items()}
         return {"id": job.id, "parameters": detail.parameters, "defaults": defaults}
 
@@ -306,7 +308,7 @@ class JobsApi:
         job = await self._job(call)
         body = call.json_object()
         parameters = jobspec.check_parameters(body.get("parameters", body), allow_null=True)
-        checked = await self._checked_for(job)
+        checked = await self._checked_for(call, job)
         if checked is not None:
             self._check_parameter_names(checked, {k: v for k, v in parameters.items()
                                                   if v is not None})
