@@ -50,8 +50,10 @@ class InvalidJobSpec(KreeError):
 class WalltimeLimits:
     """
     [supervisor] default_walltime_seconds and max_walltime_seconds: a job
-    that names no walltime gets the default, so no run is without an end;
-    one that asks for more than the maximum is refused (422).
+    that names no walltime is held to the default by the supervisor's
+    monitor, so no run is without an end (its resources stay as asked, so a
+    batch system applies its own partition default); one that asks for more
+    than the maximum is refused (422).
     """
 
     default: int = 24 * 3600
@@ -63,10 +65,10 @@ class WalltimeLimits:
                    int(supervisor.max_walltime_seconds))
 
     def apply(self, resources: dict[str, Any]) -> dict[str, Any]:
-        """C{resources} with the default walltime if none; refuses one over the maximum."""
+        """C{resources}, checked: a walltime over the maximum is refused."""
         walltime = resources.get("walltime")
         if walltime is None:
-            return {**resources, "walltime": self.default}
+            return resources
         if walltime > self.maximum:
             raise InvalidJobSpec(
                 "invalid_resources",

@@ -79,6 +79,10 @@ class Supervisor(Service):
         settings = config.supervisor
         self.max_running = settings.max_running or os.cpu_count() or 1
         self.max_per_frontend = settings.max_running_per_frontend
+        # A job that names no walltime is held to this one (no run without an
+        # end); it is not written into the job's resources, so a batch
+        # system applies its own partition default rather than this number.
+        self.default_walltime = settings.default_walltime_seconds
         self.grace = settings.stop_grace_seconds
         self.default_backend = settings.default_backend
         if backends is None:
@@ -669,7 +673,7 @@ class Supervisor(Service):
                 continue
             for job in jobs:
                 try:
-                    walltime = job.resources.get("walltime")
+                    walltime = job.resources.get("walltime") or self.default_walltime
                     memory = job.resources.get("memory")
                     if walltime and job.running_time(self._jobs.now()) > walltime:
                         await self._limit(job, "walltime", self._terminate_then_kill)
@@ -689,7 +693,7 @@ class Supervisor(Service):
         self._peak[job_id] = peak
         await self._store.jobs.update_runtime(job_id, cpu_seconds=round(usage.cpu_seconds, 3),
                                               peak_memory_bytes=peak)
-        walltime = job.resources.get("walltime")
+        walltime = job.resources.get("walltime") or self.default_walltime
         memory = job.resources.get("memory")
         if walltime and job.running_time(self._jobs.now()) > walltime:
             await self._limit(job, "walltime", self._terminate_then_kill)

@@ -42,7 +42,7 @@ class Kreed:
     def log(self) -> list[dict]:
         return [json.loads(line) for line in self.stderr.splitlines() if line.startswith("{")]
 
-    def wait_running(self, timeout=30):
+    def wait_running(self, timeout=90):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if any("running (pid" in r["message"] for r in self.log()):
@@ -52,7 +52,7 @@ class Kreed:
             time.sleep(0.05)
         raise AssertionError(f"kreed did not start: {self.stderr}")
 
-    def wait(self, timeout=30) -> int:
+    def wait(self, timeout=90) -> int:
         try:
             return self.process.wait(timeout)
         finally:

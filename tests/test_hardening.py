@@ -19,7 +19,8 @@ from twisted.internet.testing import StringTransport
 
 from kree.admin.server import AdminProtocol
 from kree.store.engine import create_engine
-from live import LiveKree, hold_the_queue, kill_active_jobs, wait_for_state, write_issued
+from live import (LiveKree, hold_the_queue, kill_active_jobs, submit, wait_for_state,
+                  write_issued)
 from test_api import MOML, XML
 
 HEAD_TIMEOUT = 3
@@ -180,17 +181,34 @@ def test_resources_have_upper_bounds(portal, workflow, resources, field):
 # -- 5. no run without an end ---------------------------------------------------------
 
 
-def test_a_job_without_walltime_gets_the_default(portal, workflow):
+def test_service_info_shows_the_walltime_limits(portal, workflow):
     limits = portal.get("/v1/service-info").json["limits"]
     assert limits["default_walltime_seconds"] == 600
     assert limits["max_walltime_seconds"] == 3600
     assert limits["max_inputs"] == 1000 and limits["max_parameters"] == 1000
-    job = portal.post("/v1/jobs", {"workflow": workflow}).json
-    assert job["resources"]["walltime"] == 600
     job = portal.post("/v1/jobs", {"workflow": workflow, "resources": {"walltime": 60}}).json
     assert job["resources"]["walltime"] == 60
-    reply = portal.put(f"/v1/jobs/{job['id']}/resources", {"cpus": 1})
-    assert reply.json["resources"] == {"cpus": 1, "walltime": 600}
+
+
+def test_a_job_without_walltime_ends_at_the_default(tmp_path):
+    """An endless model with no walltime asked is stopped at [supervisor] default_walltime."""
+    live = LiveKree(tmp_path, config_text="""
+[supervisor]
+default_walltime_seconds = 2
+monitor_interval_seconds = 0.2
+stop_grace_seconds = 2
+""").start()
+    try:
+        portal = live.client("portal")
+        job = submit(portal, "sleep-loop.xml",
+                     parameters={".sleeper.SDF Director.iterations": 1_000_000})
+        assert "walltime" not in job["resources"]  # as asked; Slurm keeps its own default
+        state = wait_for_state(portal, job["id"], ("FINISHED", "FAILED", "ABORTED"), timeout=120)
+        assert state["state"] == "FAILED" and state["error"] == "walltime"
+        assert state["running_seconds"] >= 2
+    finally:
+        kill_active_jobs(live.client("portal"))
+        assert live.stop() == 0, live.log
 
 
 def test_walltime_settings_are_checked(tmp_path):

@@ -118,10 +118,16 @@ def test_stop_is_graceful_and_kill_is_not(portal):
     killed = submit(portal, "sleep-loop.xml", parameters={".sleeper.period": 100})
     for job in (stopped, killed):
         wait_for_state(portal, job["id"], "RUNNING")
-    time.sleep(0.5)
+    # Both engines are under way once each has written its first event line.
+    files = [portal.server.state_dir / "jobs" / job["id"] / "events.jsonl"
+             for job in (stopped, killed)]
+    deadline = time.monotonic() + 60
+    while not all(f.exists() and f.read_bytes().count(b"\n") >= 1 for f in files):
+        assert time.monotonic() < deadline, "the engines did not start"
+        time.sleep(0.05)
     assert portal.post(f"/v1/jobs/{stopped['id']}/stop").json["state"] == "ABORTED"
     assert portal.post(f"/v1/jobs/{killed['id']}/kill").json["state"] == "ABORTED"
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while (job_processes(stopped["id"]) or job_processes(killed["id"])) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not job_processes(stopped["id"]) and not job_processes(killed["id"])

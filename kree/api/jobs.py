@@ -217,7 +217,7 @@ class JobsApi:
                         {"location": f"/v1/jobs/{job.id}"}, job_id=job.id)
 
     def _check_resources(self, value) -> dict[str, Any]:
-        """Checked resources, with the default walltime when they name none."""
+        """Checked resources (a walltime at most [supervisor] max_walltime_seconds)."""
         resources = self._walltime.apply(jobspec.check_resources(value))
         if "outputs_to" in resources:
             outputs.check_outputs_to(resources["outputs_to"], self._allowed_hosts)
