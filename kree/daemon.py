@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -195,6 +196,10 @@ def main(argv: list[str] | None = None) -> None:
     logfile = begin_logging(config.logs_dir, config.log.format, config.log.level)
     from twisted.internet import reactor
 
+    # SIGINT stops kreed as SIGTERM does, even when it was started with SIGINT
+    # ignored (as a shell without job control starts commands run with &):
+    # Twisted takes over SIGINT only while it has Python's default handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = run(config, reactor, dev=args.dev, stop_jobs_on_exit=args.stop_jobs_on_exit)
     finally:
