@@ -56,13 +56,11 @@ class WalltimeLimits:
     than the maximum is refused (422).
     """
 
-    default: int = 24 * 3600
     maximum: int = 14 * 24 * 3600
 
     @classmethod
     def from_config(cls, supervisor) -> "WalltimeLimits":
-        return cls(int(supervisor.default_walltime_seconds),
-                   int(supervisor.max_walltime_seconds))
+        return cls(int(supervisor.max_walltime_seconds))
 
     def apply(self, resources: dict[str, Any]) -> dict[str, Any]:
         """C{resources}, checked: a walltime over the maximum is refused."""

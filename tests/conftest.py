@@ -119,3 +119,29 @@ max_running = 1
 stop_grace_seconds = 2
 monitor_interval_seconds = 0.2
 """
+
+
+@pytest.fixture
+def side(postgres_url):
+    """A PostgreSQL connection of the test's own, outside any pool, committing at once."""
+    engine = sa.create_engine(postgres_url, poolclass=sa.pool.NullPool)
+    conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    yield conn
+    conn.close()
+    engine.dispose()
+
+
+@pytest.fixture
+def pool_log():
+    """What the store's DB pool logs, as text."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    lines = []
+
+    def observe(event):
+        if event.get("log_namespace", "").startswith("kree.store.pool"):
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)

@@ -19,7 +19,6 @@ import pytest_twisted
 import sqlalchemy as sa
 from twisted.internet import defer, reactor
 from twisted.internet.threads import deferToThread
-from twisted.logger import formatEvent, globalLogPublisher
 
 from kree.errors import DatabaseUnavailable, InvalidTransition, JobNotFound
 from kree.ids import new_job_id
@@ -45,11 +44,6 @@ def store(store_url):
     store.pool.run_in_thread(migrate.upgrade)
     yield store
     store.stop()
-
-
-@pytest.fixture
-def frontend(store):
-    return store.pool.run_in_thread(store.frontends.add_thd, "portal", "ab" * 32, "CN=portal")
 
 
 class EngineFeeds:
@@ -182,29 +176,6 @@ def pg_store(postgres_url):
     store.pool.run_in_thread(migrate.upgrade)
     yield store
     store.stop()
-
-
-@pytest.fixture
-def side(postgres_url):
-    """A connection of the test's own, outside the pool, committing at once."""
-    engine = sa.create_engine(postgres_url, poolclass=sa.pool.NullPool)
-    conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-    yield conn
-    conn.close()
-    engine.dispose()
-
-
-@pytest.fixture
-def pool_log():
-    lines = []
-
-    def observe(event):
-        if event.get("log_namespace", "").startswith("kree.store.pool"):
-            lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
-    yield lines
-    globalLogPublisher.removeObserver(observe)
 
 
 def _new_job(store, frontend_id: int) -> str:

@@ -20,7 +20,6 @@ import pytest
 import pytest_twisted
 import sqlalchemy as sa
 from twisted.internet import reactor
-from twisted.logger import formatEvent, globalLogPublisher
 
 from kree.errors import DatabaseUnavailable
 from kree.store import migrate
@@ -40,30 +39,6 @@ def pool(postgres_url):
     pool.run_in_thread(migrate.upgrade)
     yield pool
     pool.stop()
-
-
-@pytest.fixture
-def side(postgres_url):
-    """A connection of the test's own, to end the pool's sessions with."""
-    engine = sa.create_engine(postgres_url, poolclass=sa.pool.NullPool)
-    conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-    yield conn
-    conn.close()
-    engine.dispose()
-
-
-@pytest.fixture
-def pool_log():
-    """What the pool logs, as text."""
-    lines = []
-
-    def observe(event):
-        if event.get("log_namespace", "").startswith("kree.store.pool"):
-            lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
-    yield lines
-    globalLogPublisher.removeObserver(observe)
 
 
 def terminate(side, pid: int) -> None:

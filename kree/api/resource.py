@@ -295,17 +295,11 @@ class ApiResource(resource.Resource):
         """An exception escaped C{_answer}: log it and still answer."""
         self.log.failure("unanswered request {path}", failure,
                          path=request.path.decode(errors="replace"))
-        if not request.finished and not request._disconnected:
-            try:
-                request.setResponseCode(500)
-                data = json.dumps(KreeError("internal error; the daemon's log has the details")
-                                  .to_json()).encode()
-                request.setHeader(b"content-type", b"application/json; charset=utf-8")
-                request.setHeader(b"content-length", str(len(data)).encode())
-                request.write(data)
-                request.finish()
-            except Exception:
-                request.channel.transport.abortConnection()
+        try:
+            self._write_json(request, 500,
+                             KreeError("internal error; the daemon's log has the details").to_json())
+        except Exception:
+            request.channel.transport.abortConnection()
 
     async def _answer(self, request: server.Request) -> None:
         # Read now: twisted.web drops request.channel once the response is finished.
