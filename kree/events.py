@@ -34,7 +34,7 @@ from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
 
 from kree import __version__, signing, urlguard
-from kree.httpclient import DiscardBody, ServerTLSPolicy, new_agent, timed_out
+from kree.httpclient import DiscardBody, PinnedAgent, ServerTLSPolicy, timed_out
 from kree.records import Event
 
 # After a failed store operation, how long the delivery service waits to look again.
@@ -90,21 +90,22 @@ class EventWaiters:
 class DeliveryService(Service):
     log = Logger()
 
-    def __init__(self, config, store, jobs, reactor, *, agent=None) -> None:
+    def __init__(self, config, store, jobs, reactor, *,
+                 agent: PinnedAgent | None = None) -> None:
         self._config = config
         self._settings = config.events
         self._store = store
         self._jobs = jobs
         self._reactor = reactor
-        self._pool = None
         if agent is None:
             policy = ServerTLSPolicy(self._settings.ca, self._settings.client_cert,
                                      self._settings.client_key)
-            agent, self._pool = new_agent(reactor, connect_timeout=self._settings.timeout_seconds,
-                                          policy=policy)
+            agent = PinnedAgent(reactor, connect_timeout=self._settings.timeout_seconds,
+                                policy=policy)
         self._agent = agent
         self._in_flight: dict[str, Deferred] = {}
         self._pumping = False
+        self._pumper: Deferred | None = None
         self._pump_again = False
         self._timer = None
         self._retry = None
@@ -123,10 +124,13 @@ class DeliveryService(Service):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        # A pump in progress finishes (it only reads the outbox) and starts no
+        # more workers; then the workers it started are cancelled.
+        if self._pumper is not None and not self._pumper.called:
+            await self._pumper
         for worker in list(self._in_flight.values()):
             worker.cancel()
-        if self._pool is not None:
-            await self._pool.closeCachedConnections()
+        await self._agent.close()
 
     def _observe(self, event: Event) -> None:
         self.wake()
@@ -156,7 +160,7 @@ class DeliveryService(Service):
             finally:
                 self._pumping = False
 
-        Deferred.fromCoroutine(pump())
+        self._pumper = Deferred.fromCoroutine(pump())
 
     def _wake_later(self) -> None:
         """Look at the outbox again after a failure, without spinning on it."""
@@ -168,6 +172,8 @@ class DeliveryService(Service):
         if room > 0:
             due = await self._store.deliveries.due_subscriptions(self.now(), room + len(self._in_flight))
             for subscription_id in due:
+                if not self.running:
+                    return
                 if subscription_id in self._in_flight or len(self._in_flight) >= self._settings.max_in_flight:
                     continue
                 worker = Deferred.fromCoroutine(self._drain(subscription_id))
@@ -215,10 +221,11 @@ class DeliveryService(Service):
             "KREE-Subscription": sub.id,
         }
         try:
-            await urlguard.check_reachable(self._reactor, sub.url, fetch.allowed_hosts,
-                                           fetch.allow_private_addresses)
+            checked = await urlguard.check_reachable(self._reactor, sub.url,
+                                                     fetch.allowed_hosts,
+                                                     fetch.allow_private_addresses)
             request = self._agent.request(
-                b"POST", sub.url.encode(),
+                b"POST", checked,
                 Headers({k.encode(): [v.encode()] for k, v in headers.items()}),
                 FileBodyProducer(BytesIO(body)))
             # A cancelled request fails with ResponseNeverReceived, not the

@@ -9,8 +9,10 @@ the body last seen, and when it was fetched and last checked.
 
 Schemes:
 
- - C{https:} and C{http:} go through Twisted's HTTP client: an C{Agent} with
-   a persistent C{HTTPConnectionPool}; https servers are verified with
+ - C{https:} and C{http:} go through Twisted's HTTP client: a
+   L{kree.httpclient.PinnedAgent}, which connects only to the addresses the
+   guard checked (no second resolution, so no DNS rebinding), with a
+   persistent connection pool; https servers are verified with
    L{kree.httpclient.ServerTLSPolicy} (service_identity against the system's
    trust store).  Before each request, the first and every redirect hop,
    L{kree.urlguard.check_reachable} checks the scheme, the admin's host
@@ -72,7 +74,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from kree import __version__, urlguard
 from kree.api.workflows import store_document
 from kree.errors import KreeError
-from kree.httpclient import describe_failure, new_agent
+from kree.httpclient import PinnedAgent, describe_failure
 
 MAX_REDIRECTS = 5
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
@@ -174,17 +176,15 @@ def _mtime_text(st: os.stat_result) -> str:
 
 
 class Fetcher:
-    def __init__(self, config, store, reactor, *, agent=None,
+    def __init__(self, config, store, reactor, *, agent: PinnedAgent | None = None,
                  freshness_seconds: float = 0) -> None:
         self._settings = config.fetch
         self._cache_dir = Path(config.cache_dir)
         self._store = store
         self._reactor = reactor
         self._freshness = freshness_seconds
-        self._pool = None
         if agent is None:
-            agent, self._pool = new_agent(reactor,
-                                          connect_timeout=self._settings.timeout_seconds)
+            agent = PinnedAgent(reactor, connect_timeout=self._settings.timeout_seconds)
         self._agent = agent
         self._in_flight: dict[str, list[Deferred]] = {}
 
@@ -194,8 +194,7 @@ class Fetcher:
 
     async def close(self) -> None:
         """Drop idle persistent connections (at shutdown)."""
-        if self._pool is not None:
-            await self._pool.closeCachedConnections()
+        await self._agent.close()
 
     # -- sharing ------------------------------------------------------------
 
@@ -354,11 +353,11 @@ class Fetcher:
     def _now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self._reactor.seconds(), datetime.timezone.utc)
 
-    async def _guard(self, uri: str, url: str, came_from: str | None) -> None:
+    async def _guard(self, uri: str, url: str, came_from: str | None) -> urlguard.CheckedURL:
         settings = self._settings
         try:
-            await urlguard.check_reachable(self._reactor, url, settings.allowed_hosts,
-                                           settings.allow_private_addresses)
+            checked = await urlguard.check_reachable(self._reactor, url, settings.allowed_hosts,
+                                                     settings.allow_private_addresses)
             url.encode("ascii")
         except urlguard.URLNotAllowed as e:
             what = f"the redirect from {came_from} to {url}" if came_from else url
@@ -371,6 +370,7 @@ class Fetcher:
                 "https:"):
             raise FetchError("uri_not_allowed", f"refused the redirect from {came_from} to "
                              f"{url}: it leaves https", uri=uri, url=url)
+        return checked
 
     async def _fetch_http(self, uri: str) -> FetchResult:
         settings = self._settings
@@ -397,8 +397,8 @@ class Fetcher:
         parts = urlsplit(urldefrag(uri)[0])
         url, came_from = parts._replace(scheme=parts.scheme.lower()).geturl(), None
         for hop in range(MAX_REDIRECTS + 1):
-            await self._guard(uri, url, came_from)
-            response = await self._request(uri, url, headers)
+            checked = await self._guard(uri, url, came_from)
+            response = await self._request(uri, checked, headers)
             if response.code not in REDIRECT_CODES:
                 break
             location = _header(response, b"location")
@@ -455,9 +455,10 @@ class Fetcher:
             last_modified=_header(response, b"last-modified"))
         return self._result(uri, entry, fetched=True)
 
-    async def _request(self, uri: str, url: str, headers: Headers):
+    async def _request(self, uri: str, checked: urlguard.CheckedURL, headers: Headers):
+        url = checked.url
         try:
-            return await self._agent.request(b"GET", url.encode("ascii"), headers)
+            return await self._agent.request(b"GET", checked, headers)
         except CancelledError:
             raise
         except Exception as e:

@@ -22,8 +22,9 @@ unknown), the same media type the results document shows.
 Every attempt is guarded like a fetch (L{kree.fetch}): before each one,
 L{kree.urlguard.check_reachable} checks the scheme, the host allow-list and
 every address the host resolves to (no loopback, private, link-local ...
-unless [fetch] allow_private_addresses).  Requests go through a Twisted
-C{Agent} with a persistent C{HTTPConnectionPool}; https servers are verified
+unless [fetch] allow_private_addresses).  Requests go through a
+L{kree.httpclient.PinnedAgent}: to the addresses just checked, never to a
+second resolution of the name, over a persistent pool; https servers are verified
 with L{kree.httpclient.ServerTLSPolicy} (the system's trust store).  Each
 attempt, the guard, the request and reading the answer, is bounded by [fetch]
 timeout_seconds (0: no limit).  [fetch] max_bytes does not apply: products
@@ -71,7 +72,7 @@ from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
 
 from kree import __version__, urlguard
-from kree.httpclient import DiscardBody, describe_failure, new_agent, timed_out
+from kree.httpclient import DiscardBody, PinnedAgent, describe_failure, timed_out
 
 DEFAULT_RETRY_DELAYS: tuple[float, ...] = (1, 5, 30, 120)
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
@@ -180,21 +181,18 @@ class _Attempt:
 class OutputUploader:
     log = Logger()
 
-    def __init__(self, config, reactor, *, agent=None,
+    def __init__(self, config, reactor, *, agent: PinnedAgent | None = None,
                  retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS) -> None:
         self._settings = config.fetch
         self._reactor = reactor
         self._delays = tuple(retry_delays)
-        self._pool = None
         if agent is None:
-            agent, self._pool = new_agent(reactor,
-                                          connect_timeout=self._settings.timeout_seconds)
+            agent = PinnedAgent(reactor, connect_timeout=self._settings.timeout_seconds)
         self._agent = agent
 
     async def close(self) -> None:
         """Drop idle persistent connections (at shutdown)."""
-        if self._pool is not None:
-            await self._pool.closeCachedConnections()
+        await self._agent.close()
 
     def _in_thread(self, fn, *args):
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
@@ -300,10 +298,10 @@ class OutputUploader:
     async def _put(self, path: Path, url: str) -> tuple[int, str, int]:
         """One PUT of the product at C{path}: (status, reason phrase, bytes sent)."""
         settings = self._settings
-        await urlguard.check_reachable(self._reactor, url, settings.allowed_hosts,
-                                       settings.allow_private_addresses)
+        checked = await urlguard.check_reachable(self._reactor, url, settings.allowed_hosts,
+                                                 settings.allow_private_addresses)
         try:
-            target = url.encode("ascii")
+            url.encode("ascii")
         except UnicodeEncodeError:
             raise urlguard.URLNotAllowed("a URL must be ASCII (percent-encode other "
                                          "characters)", url=url) from None
@@ -313,7 +311,7 @@ class OutputUploader:
             producer = _ProductBody(body)
             headers = Headers({b"user-agent": [f"KREE/{__version__}".encode()],
                                b"content-type": [media_type(path.name).encode("ascii")]})
-            response = await self._agent.request(b"PUT", target, headers, producer)
+            response = await self._agent.request(b"PUT", checked, headers, producer)
             drain = DiscardBody()
             response.deliverBody(drain)
             await drain.done

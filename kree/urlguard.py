@@ -6,6 +6,12 @@ globally routable addresses, also for the IPv4 inside IPv6 addresses
 ([fetch] allow_private_addresses).  Addresses are checked after
 resolution, at subscription time and again before each request, since DNS
 can change.
+
+L{check_reachable} answers a L{CheckedURL}: the URL with the addresses its
+host resolved to and that were checked.  L{kree.httpclient.PinnedAgent}
+connects to exactly those addresses, so a name cannot resolve to an
+allowed address for the check and to an internal one for the connection
+(DNS rebinding); TLS (SNI, certificate) and the Host header keep the name.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import ipaddress
 import socket
 from urllib.parse import SplitResult, urlsplit
 
+import attrs
 from twisted.internet.threads import deferToThreadPool
 
 from kree.errors import KreeError
@@ -119,21 +126,42 @@ def _public(ip) -> bool:
                                  or ip.is_loopback or ip.is_link_local)
 
 
-def _resolve(host: str, port: int) -> list[str]:
+@attrs.frozen
+class CheckedURL:
+    """A URL that passed L{check_reachable}, and the addresses it was checked with."""
+
+    url: str
+    parts: SplitResult
+    #: Where its host resolved to, in the resolver's order of preference.
+    addresses: tuple[str, ...]
+
+    @property
+    def port(self) -> int:
+        return self.parts.port or (443 if self.parts.scheme.lower() == "https" else 80)
+
+
+def _resolve(host: str, port: int) -> tuple[str, ...]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
         raise URLNotAllowed(f"host {host!r} cannot be resolved: {e.strerror}", host=host) from None
-    return sorted({info[4][0] for info in infos})
+    # Once each, in the order getaddrinfo prefers (RFC 6724).
+    return tuple(dict.fromkeys(info[4][0] for info in infos))
 
 
 async def check_reachable(reactor, url: str, allowed_hosts: list[str],
-                          allow_private: bool) -> SplitResult:
-    """L{check_url}, then every address the host resolves to (in a thread)."""
+                          allow_private: bool) -> CheckedURL:
+    """
+    L{check_url}, then every address the host resolves to (resolved in a
+    thread).  Connect to the answer's addresses only (L{kree.httpclient.PinnedAgent}).
+    """
     parts = check_url(url, allowed_hosts)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
     addresses = await deferToThreadPool(reactor, reactor.getThreadPool(), _resolve,
                                         parts.hostname, port)
+    if not addresses:
+        raise URLNotAllowed(f"host {parts.hostname!r} resolves to no address",
+                            host=parts.hostname)
     if not allow_private:
         refused = [a for a in addresses if not address_allowed(a)]
         if refused:
@@ -141,4 +169,4 @@ async def check_reachable(reactor, url: str, allowed_hosts: list[str],
                 f"host {parts.hostname!r} resolves to {', '.join(refused)}, an internal "
                 "address (loopback, private, link-local, multicast or reserved); the admin "
                 "can allow these with [fetch] allow_private_addresses", host=parts.hostname)
-    return parts
+    return CheckedURL(url=url, parts=parts, addresses=addresses)

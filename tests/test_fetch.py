@@ -14,12 +14,11 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.ssl import PrivateCertificate
 from twisted.web import resource, server
-from twisted.web.client import Agent
 
 from kree import pki, urlguard
 from kree.api.workflows import store_document
 from kree.config import load_config
-from kree.httpclient import ServerTLSPolicy
+from kree.httpclient import PinnedAgent, ServerTLSPolicy
 from kree.fetch import Fetcher, FetchError
 
 MAX_BYTES = 1000
@@ -313,8 +312,8 @@ async def test_https_servers_are_verified(fetcher, fetchers, config, tls_origin)
     error = await refused(fetcher, tls_origin.base + "/doc", "fetch_failed")
     assert tls_origin.count() == 0
     # Trusted (the same policy, given the origin's CA): fetched and revalidated.
-    trusting = fetchers(config, agent=Agent(reactor, contextFactory=ServerTLSPolicy(
-        tls_origin.ca)))
+    trusting = fetchers(config, agent=PinnedAgent(reactor, connect_timeout=10,
+                                                  policy=ServerTLSPolicy(tls_origin.ca)))
     first = await trusting.fetch(tls_origin.base + "/redirect/1")
     second = await trusting.fetch(tls_origin.base + "/redirect/1")
     assert first.fetched and not second.fetched and tls_origin.count() == 4
