@@ -273,7 +273,7 @@ def make_crl(ca: pki.Issued, revoked: list[x509.Certificate]) -> bytes:
 REPO_WORKFLOWS = REPO / "workflows"
 
 
-def wait_for_state(client: Client, job_id: str, states, timeout: float = 60) -> dict:
+def wait_for_state(client: Client, job_id: str, states, timeout: float = 120) -> dict:
     """Poll the job until its state is one of C{states}; its state document."""
     states = {states} if isinstance(states, str) else set(states)
     deadline = time.monotonic() + timeout

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from waiting import holds_for
+
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = REPO / "workflows"
 ENGINE = [sys.executable, "-m", "kree.engine"]
@@ -159,8 +161,7 @@ def test_sigstop_and_sigcont_leave_results_intact(tmp_path):
     engine.wait_for(lambda e: e["type"] == "message")
     os.killpg(engine.process.pid, signal.SIGSTOP)
     frozen = len(engine.events())
-    time.sleep(1.0)
-    assert len(engine.events()) == frozen  # nothing happens while stopped
+    holds_for(lambda: len(engine.events()) == frozen, "no event while stopped", duration=1.0)
     os.killpg(engine.process.pid, signal.SIGCONT)
     assert engine.finish() == 0
     assert messages(engine.events()) == [str(i) for i in range(20)]

@@ -14,6 +14,7 @@ import pytest
 from kree import signing
 from kree.listener import Listener
 from live import LiveKree, submit, wait_for_state
+from waiting import holds_for
 
 CONFIG = """
 [fetch]
@@ -114,9 +115,8 @@ def test_filters_by_job_and_type(server, listeners):
         client.post(f"/v1/jobs/{job['id']}/queue")
     everything.wait_for(lambda ev: finished(first["id"])(ev) and finished(second["id"])(ev))
     states_of_one.wait_for(finished(second["id"]))
-    time.sleep(0.5)
-    assert {e["job"] for e in states_of_one.events} == {second["id"]}
-    assert {e["type"] for e in states_of_one.events} == {"job.state"}
+    holds_for(lambda: {(e["job"], e["type"]) for e in states_of_one.events} == {
+        (second["id"], "job.state")}, "only the second job's states", duration=1.0)
 
 
 def test_listener_down_then_back_gets_everything_in_order(server, listeners):
@@ -216,8 +216,11 @@ def test_subscriptions_are_per_frontend_and_can_be_deleted(server, listeners):
     assert listener.events == []
 
 
-def read_sse(server, job_id, *, last_event_id=None, count, timeout=15):
-    """Open the stream with http.client and read C{count} events from it."""
+def read_sse(server, job_id, *, last_event_id=None, count, timeout=15, on_open=None):
+    """
+    Open the stream with http.client and read C{count} events from it;
+    C{on_open()} is called once the stream's head has arrived.
+    """
     client = server.client("portal")
     connection = http.client.HTTPSConnection("localhost", server.port, context=client.context,
                                              timeout=timeout)
@@ -228,6 +231,8 @@ def read_sse(server, job_id, *, last_event_id=None, count, timeout=15):
     response = connection.getresponse()
     assert response.status == 200
     assert response.getheader("content-type").startswith("text/event-stream")
+    if on_open is not None:
+        on_open()
     events, current = [], {}
     while len(events) < count:
         line = response.readline().decode().rstrip("\n")
@@ -261,17 +266,16 @@ def test_server_sent_events_resume_from_last_event_id(server):
 def test_server_sent_events_follow_new_events_live(server):
     client = server.client("portal")
     job = submit(client, "hello.xml", queue=False)
-    started = time.monotonic()
-    import threading
+    queued = []
 
-    def queue_later():
-        time.sleep(0.5)
-        client.post(f"/v1/jobs/{job['id']}/queue")
+    def queue_now():
+        # The stream is open and has nothing to send yet: what follows is live.
+        queued.append(client.post(f"/v1/jobs/{job['id']}/queue").status)
 
-    threading.Thread(target=queue_later).start()
-    events = read_sse(server, job["id"], last_event_id=1, count=1)
+    events = read_sse(server, job["id"], last_event_id=1, count=1, timeout=60,
+                      on_open=queue_now)
+    assert queued == [200]
     assert json.loads(events[0]["data"])["data"]["to"] == "QUEUED"
-    assert 0.4 < time.monotonic() - started < 5
 
 
 def test_signing_refuses_tampering():

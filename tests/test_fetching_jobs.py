@@ -227,7 +227,7 @@ def test_products_are_uploaded_to_outputs_to(server, origin):
     assert reply.status == 422 and reply.error == "uri_not_allowed"
     job = submit(client, "products.xml", resources={"outputs_to": f"{origin.url}/results/"})
     assert wait_for_state(client, job["id"], ("FINISHED", "FAILED"))["state"] == "FINISHED"
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while "uploads" not in client.get(f"/v1/jobs/{job['id']}/results").json:
         assert time.monotonic() < deadline
         time.sleep(0.05)

@@ -36,6 +36,7 @@ import sqlalchemy as sa
 
 from kree.listener import Listener
 from live import REPO_WORKFLOWS, LiveKree
+from waiting import wait_for
 
 pytestmark = pytest.mark.postgresql
 
@@ -58,8 +59,8 @@ SUBMITTERS = 2
 # Each submitter's pause between jobs: about what four engine slots on a small
 # machine get through, so the stream flows rather than piling up.
 SUBMIT_PAUSE_SECONDS = 0.3
-# Jobs flow this long before each restart, and after the last.
-BETWEEN_SECONDS = 3.0
+# Jobs the traffic gets accepted before each restart and after the last.
+ACCEPTED_BETWEEN = 5
 RESTARTS = ("fast", "immediate")
 # No answer may take longer than this (the client gives up at 30 s).
 MAX_ANSWER_SECONDS = 20.0
@@ -226,13 +227,17 @@ def test_postgres_restart_under_load(tmp_path, postgres_url, cluster):
         traffic = Traffic(client, uploaded.json["uri"]).start()
 
         outages = []
-        for mode in RESTARTS:
-            time.sleep(BETWEEN_SECONDS)
+        for mode in RESTARTS + (None,):
+            # Before each restart, and after the last, the service takes jobs again.
+            seen = len(traffic.accepted)
+            wait_for(lambda: len(traffic.accepted) >= seen + ACCEPTED_BETWEEN,
+                     f"{ACCEPTED_BETWEEN} more jobs accepted", timeout=120, interval=0.1)
+            if mode is None:
+                break
             accepted_before = len(traffic.accepted)
             started = time.monotonic()
             cluster.ctl("restart", mode)
             outages.append((started, time.monotonic(), accepted_before))
-        time.sleep(BETWEEN_SECONDS)
         traffic.stop()
 
         # The daemon lived through it and serves again.
@@ -338,13 +343,22 @@ def test_engines_outlive_an_outage_longer_than_kreed_waits(tmp_path, postgres_ur
                 ".sleeper.period": 100, ".sleeper.SDF Director.iterations": 30}})
             assert reply.status == 201, reply.body
             jobs.append(reply.json["id"])
-        deadline = time.monotonic() + 20
-        while sum(client.get(f"/v1/jobs/{j}/state").json["state"] == "RUNNING"
-                  for j in jobs) < 4:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_for(lambda: sum(client.get(f"/v1/jobs/{j}/state").json["state"] == "RUNNING"
+                             for j in jobs) >= 4, "four jobs RUNNING", interval=0.1)
+        written = server.state_dir / "jobs"
+
+        def lines_written() -> int:
+            files = (written / job_id / "events.jsonl" for job_id in jobs)
+            return sum(f.read_bytes().count(b"\n") for f in files if f.exists())
+
         cluster.ctl("stop")
-        time.sleep(4)  # the engines go on writing; kreed waits 1 s, then retries
+        before = lines_written()
+        # kreed gives up waiting (after 1 s) and says it will try again, while
+        # the engines go on writing.
+        wait_for(lambda: "the database is unavailable; trying again" in server.log,
+                 "kreed noticing the outage", interval=0.1)
+        wait_for(lambda: lines_written() >= before + 4, "the engines writing meanwhile",
+                 interval=0.1)
         cluster.ctl("start")
         assert cluster.ready()
         states = wait_until_settled(client, jobs, timeout=60)

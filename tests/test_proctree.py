@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from kree.backends import proctree
+from waiting import holds_for, wait_for
 
 # The job's root: a normal child (sleep 61), a busy loop, and `setsid sleep 62`
 # started from a shell that exits at once, so the sleep has its own session
@@ -190,8 +191,7 @@ def test_pause_and_resume(job):
     assert proctree.all_stopped(job.ref, job.id)
     assert all(p.status() == psutil.STATUS_STOPPED for p in job.processes())
     before = _cpu(busy)
-    time.sleep(0.5)
-    assert _cpu(busy) - before < 0.02
+    holds_for(lambda: _cpu(busy) - before < 0.02, "no CPU time while paused", duration=0.5)
     # Pausing again finds nothing left to stop.
     assert proctree.pause(job.ref, job.id) == 0
 
@@ -199,8 +199,7 @@ def test_pause_and_resume(job):
     assert not proctree.all_stopped(job.ref, job.id)
     assert all(p.status() != psutil.STATUS_STOPPED for p in job.processes())
     before = _cpu(busy)
-    time.sleep(0.5)
-    assert _cpu(busy) - before > 0.05
+    wait_for(lambda: _cpu(busy) - before > 0.05, "CPU time again once resumed")
 
 
 def test_pause_catches_forks():
@@ -221,7 +220,7 @@ def test_pause_catches_forks():
                              start_new_session=True)
     ref = proctree.ref_for(popen.pid)
     try:
-        time.sleep(0.3)
+        wait_for(lambda: psutil.Process(popen.pid).children(), "a first forked child")
         assert proctree.pause(ref, job_id) >= 1
         assert proctree.all_stopped(ref, job_id)
     finally:

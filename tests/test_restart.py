@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from kree.store.engine import create_engine
 from live import LiveKree, submit, wait_for_state
+from waiting import wait_for
 
 CONFIG = """
 [supervisor]
@@ -20,6 +21,9 @@ stop_grace_seconds = 2
 monitor_interval_seconds = 0.2
 """
 TERMINAL = ("FINISHED", "FAILED", "ABORTED")
+# Iterations (of 100 ms) of the jobs that outlast the restart, and of the one
+# that ends while the daemon is down.
+LONG, SHORT = 200, 60
 
 
 def engines(job_id):
@@ -65,20 +69,23 @@ def test_kill_9_and_restart(tmp_path):
     server = LiveKree(tmp_path, frontends=("portal",), config_text=CONFIG).start()
     client = server.client("portal")
     try:
+        # Long enough to outlast the restart however busy the machine is;
+        # ends_meanwhile is short enough to end while the daemon is down.
         running = submit(client, "sleep-loop.xml", parameters={
-            ".sleeper.period": 100, ".sleeper.SDF Director.iterations": 60})
+            ".sleeper.period": 100, ".sleeper.SDF Director.iterations": LONG})
         waiting = submit(client, "ask-input.xml")
         paused = submit(client, "sleep-loop.xml", parameters={
-            ".sleeper.period": 100, ".sleeper.SDF Director.iterations": 60})
+            ".sleeper.period": 100, ".sleeper.SDF Director.iterations": LONG})
         ends_meanwhile = submit(client, "sleep-loop.xml", parameters={
-            ".sleeper.period": 100, ".sleeper.SDF Director.iterations": 12})
+            ".sleeper.period": 100, ".sleeper.SDF Director.iterations": SHORT})
         dies_meanwhile = submit(client, "sleep-loop.xml", parameters={".sleeper.period": 100})
         damaged = submit(client, "sleep-loop.xml", parameters={".sleeper.period": 100})
         held = submit(client, "hello.xml", queue=True)
-        for job in (running, paused, ends_meanwhile, dies_meanwhile, damaged):
+        for job in (ends_meanwhile, running, paused, dies_meanwhile, damaged):
             wait_for_state(client, job["id"], "RUNNING")
         wait_for_state(client, waiting["id"], "WAITING")
-        time.sleep(0.3)
+        # The engine is under way (it has said something) before it is paused.
+        wait_for(lambda: messages(client, paused["id"]), "a first message of the paused job")
         assert client.post(f"/v1/jobs/{paused['id']}/pause").json["state"] == "PAUSED"
         wait_for_state(client, held["id"], "FINISHED")
 
@@ -87,7 +94,7 @@ def test_kill_9_and_restart(tmp_path):
         server._stderr.close()
 
         # Engines outlive the daemon.
-        for job in (running, waiting, paused, dies_meanwhile):
+        for job in (running, waiting, paused, dies_meanwhile, ends_meanwhile):
             assert len(engines(job["id"])) == 1, job
         for process in engines(dies_meanwhile["id"]):
             process.kill()
@@ -97,7 +104,9 @@ def test_kill_9_and_restart(tmp_path):
                          {"id": damaged["id"]})
         engine.dispose()
         damaged_engines = engines(damaged["id"])
-        time.sleep(1.5)  # ends_meanwhile finishes while nobody watches
+        # ends_meanwhile finishes while nobody watches.
+        wait_for(lambda: not engines(ends_meanwhile["id"]), "ends_meanwhile's engine to end",
+                 timeout=120)
 
         started = time.monotonic()
         server.start()
@@ -109,7 +118,7 @@ def test_kill_9_and_restart(tmp_path):
             assert len(engines(job["id"])) == 1
 
         assert wait_for_state(client, ends_meanwhile["id"], TERMINAL)["state"] == "FINISHED"
-        assert messages(client, ends_meanwhile["id"]) == [str(i) for i in range(12)]
+        assert messages(client, ends_meanwhile["id"]) == [str(i) for i in range(SHORT)]
 
         lost = wait_for_state(client, dies_meanwhile["id"], TERMINAL)
         assert lost["state"] == "FAILED" and lost["error"] == "lost during daemon restart"
@@ -128,8 +137,8 @@ def test_kill_9_and_restart(tmp_path):
         reply = client.post(f"/v1/jobs/{waiting['id']}/input", {"name": "Ada", "count": 3})
         assert reply.status == 200
 
-        for job, expected in ((running, [str(i) for i in range(60)]),
-                              (paused, [str(i) for i in range(60)]),
+        for job, expected in ((running, [str(i) for i in range(LONG)]),
+                              (paused, [str(i) for i in range(LONG)]),
                               (waiting, ["Hello Ada x3"])):
             assert wait_for_state(client, job["id"], TERMINAL)["state"] == "FINISHED", job
             assert messages(client, job["id"]) == expected  # none lost, none doubled
@@ -149,15 +158,9 @@ def test_stop_jobs_on_exit(tmp_path):
     job = submit(client, "sleep-loop.xml", parameters={".sleeper.period": 100})
     wait_for_state(client, job["id"], "RUNNING")
     # RUNNING comes just before the engine starts (so a pause can find the job).
-    deadline = time.monotonic() + 10
-    while not engines(job["id"]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert engines(job["id"])
+    wait_for(lambda: engines(job["id"]), "the job's engine")
     assert server.stop() == 0
-    deadline = time.monotonic() + 10
-    while engines(job["id"]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not engines(job["id"])
+    wait_for(lambda: not engines(job["id"]), "the engine stopped with the daemon")
     server.start()
     state = server.client("portal").get(f"/v1/jobs/{job['id']}/state").json
     assert state["state"] == "ABORTED"
@@ -170,9 +173,7 @@ def test_sigterm_leaves_engines_running_for_the_next_start(tmp_path):
     job = submit(client, "sleep-loop.xml", parameters={
         ".sleeper.period": 100, ".sleeper.SDF Director.iterations": 20})
     wait_for_state(client, job["id"], "RUNNING")
-    deadline = time.monotonic() + 10
-    while not engines(job["id"]) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: engines(job["id"]), "the job's engine")
     assert server.stop() == 0
     assert len(engines(job["id"])) == 1
     server.start()

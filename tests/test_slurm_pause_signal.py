@@ -4,12 +4,11 @@ pause is SIGSTOP to the job's processes (scancel --signal=STOP --full) and
 resume is SIGCONT; Slurm shows the job STOPPED, then RUNNING again.
 """
 
-import time
-
 import psutil
 
 from live import LiveKree, job_processes, kill_active_jobs, submit, wait_for_state
 from slurm_cluster import SLURM_CONFIG, require_slurm, slurm_job
+from waiting import holds_for, wait_for
 
 TERMINAL = ("FINISHED", "FAILED", "ABORTED")
 
@@ -27,21 +26,16 @@ def test_pause_by_signal(tmp_path):
     try:
         job = submit(client, "sleep-loop.xml", resources={"backend": "slurm"}, parameters={
             ".sleeper.period": 50, ".sleeper.SDF Director.iterations": 40})
-        wait_for_state(client, job["id"], "RUNNING", timeout=30)
+        wait_for_state(client, job["id"], "RUNNING")
         assert client.post(f"/v1/jobs/{job['id']}/pause").json["state"] == "PAUSED"
-        deadline = time.monotonic() + 10
-        while not all_stopped(job["id"]):
-            assert time.monotonic() < deadline, job_processes(job["id"])
-            time.sleep(0.05)
-        assert slurm_job(job["id"])[1] == "STOPPED"
-        time.sleep(1.5)  # squeue's STOPPED is KREE's own doing: still PAUSED, not twice
-        assert client.get(f"/v1/jobs/{job['id']}/state").json["state"] == "PAUSED"
+        wait_for(lambda: all_stopped(job["id"]), "every process of the job stopped")
+        wait_for(lambda: slurm_job(job["id"])[1] == "STOPPED", "Slurm showing STOPPED")
+        # squeue's STOPPED is KREE's own doing: still PAUSED, not paused twice.
+        holds_for(lambda: client.get(f"/v1/jobs/{job['id']}/state").json["state"] == "PAUSED",
+                  "the job PAUSED", duration=1.5)
         assert client.post(f"/v1/jobs/{job['id']}/resume").json["state"] == "RUNNING"
-        deadline = time.monotonic() + 10
-        while slurm_job(job["id"])[1] == "STOPPED":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        state = wait_for_state(client, job["id"], TERMINAL, timeout=30)
+        wait_for(lambda: slurm_job(job["id"])[1] != "STOPPED", "Slurm no longer STOPPED")
+        state = wait_for_state(client, job["id"], TERMINAL)
         assert state["state"] == "FINISHED", state
         texts = [m["text"] for m in
                  client.get(f"/v1/jobs/{job['id']}/messages?limit=100").json["messages"]]

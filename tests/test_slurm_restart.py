@@ -13,6 +13,7 @@ import time
 
 from live import LiveKree, kill_active_jobs, submit, wait_for_state
 from slurm_cluster import SLURM_CONFIG, require_slurm, slurm_job, slurm_jobs
+from waiting import holds_for, wait_for
 
 TERMINAL = ("FINISHED", "FAILED", "ABORTED")
 ON_SLURM = {"backend": "slurm"}
@@ -37,14 +38,13 @@ def check_log(client, job_id):
     return path
 
 
-def wait_slurm_state(job_id, states, timeout=30):
-    deadline = time.monotonic() + timeout
-    while True:
+def wait_slurm_state(job_id, states, timeout=90):
+    def reached():
         rows = slurm_jobs(job_id)
-        if rows and rows[0][1] in states:
-            return rows[0]
-        assert time.monotonic() < deadline, rows
-        time.sleep(0.1)
+        return rows[0] if rows and rows[0][1] in states else None
+
+    return wait_for(reached, f"the Slurm job of {job_id} in {states}", timeout=timeout,
+                    interval=0.1)
 
 
 def test_kill_9_while_slurm_runs_the_jobs(tmp_path):
@@ -55,8 +55,8 @@ def test_kill_9_while_slurm_runs_the_jobs(tmp_path):
         running = submit(client, "sleep-loop.xml", resources=ON_SLURM, parameters={
             ".sleeper.period": 100, ".sleeper.SDF Director.iterations": 40})
         waiting = submit(client, "ask-input.xml", resources=ON_SLURM)
-        wait_for_state(client, running["id"], "RUNNING", timeout=30)
-        wait_for_state(client, waiting["id"], "WAITING", timeout=30)
+        wait_for_state(client, running["id"], "RUNNING")
+        wait_for_state(client, waiting["id"], "WAITING")
         # The node's two CPUs are taken: this one waits in Slurm, QUEUED here.
         pending = submit(client, "sleep-loop.xml", resources=ON_SLURM, parameters={
             ".sleeper.period": 100, ".sleeper.SDF Director.iterations": 5})
@@ -76,9 +76,9 @@ def test_kill_9_while_slurm_runs_the_jobs(tmp_path):
         restarted = time.monotonic()
         server.start()
         client = server.client("portal")
-        assert wait_for_state(client, running["id"], TERMINAL, timeout=20)["state"] == "FINISHED"
+        assert wait_for_state(client, running["id"], TERMINAL)["state"] == "FINISHED"
         assert time.monotonic() - restarted < 15
-        assert wait_for_state(client, pending["id"], TERMINAL, timeout=30)["state"] == "FINISHED"
+        assert wait_for_state(client, pending["id"], TERMINAL)["state"] == "FINISHED"
         assert client.get(f"/v1/jobs/{waiting['id']}/state").json["state"] == "PAUSED"
         assert slurm_job(waiting["id"])[1] == "SUSPENDED"
 
@@ -87,7 +87,7 @@ def test_kill_9_while_slurm_runs_the_jobs(tmp_path):
         reply = client.post(f"/v1/jobs/{waiting['id']}/input",
                             {"answers": {"name": "Kim", "count": 3}})
         assert reply.status == 200, reply.body
-        assert wait_for_state(client, waiting["id"], TERMINAL, timeout=30)["state"] == "FINISHED"
+        assert wait_for_state(client, waiting["id"], TERMINAL)["state"] == "FINISHED"
 
         assert messages(client, running["id"]) == [str(i) for i in range(40)]
         assert messages(client, pending["id"]) == [str(i) for i in range(5)]
@@ -120,7 +120,7 @@ def test_a_slurm_job_whose_id_never_reached_the_store_is_found_by_name(tmp_path)
     try:
         blocker = submit(client, "sleep-loop.xml", resources=ON_SLURM,
                          parameters={".sleeper.period": 100})
-        wait_for_state(client, blocker["id"], "RUNNING", timeout=30)
+        wait_for_state(client, blocker["id"], "RUNNING")
         job = submit(client, "hello.xml", resources=ON_SLURM)
         job_dir = server.state_dir / "jobs" / job["id"]
         subprocess.run(
@@ -128,19 +128,18 @@ def test_a_slurm_job_whose_id_never_reached_the_store_is_found_by_name(tmp_path)
              f"--output={tmp_path / 'orphan.log'}", f"--chdir={tmp_path}",
              f"--wrap={sys.executable} -m kree.engine run --no-events-fd {job_dir}"],
             check=True, capture_output=True)
-        time.sleep(1.5)  # a poll has seen it
-        assert client.get(f"/v1/jobs/{job['id']}/state").json["state"] == "QUEUED"
+        # Polls see it, and the job stays QUEUED behind the blocker.
+        holds_for(lambda: client.get(f"/v1/jobs/{job['id']}/state").json["state"] == "QUEUED",
+                  "the job QUEUED", duration=1.5)
         client.post(f"/v1/jobs/{blocker['id']}/kill")
-        deadline = time.monotonic() + 20
-        while "found its Slurm job" not in server.log:
-            assert time.monotonic() < deadline, server.log[-2000:]
-            time.sleep(0.1)
+        wait_for(lambda: "found its Slurm job" in server.log, "kreed finding the Slurm job",
+                 interval=0.1)
         assert len(slurm_jobs(job["id"])) == 1
         assert slurm_job(job["id"])[1:] == ("PENDING", "JobHeldUser")
         # Our pause and resume release the hold it was submitted with.
         assert client.post(f"/v1/jobs/{job['id']}/pause").json["state"] == "PAUSED"
         assert client.post(f"/v1/jobs/{job['id']}/resume").json["state"] == "QUEUED"
-        assert wait_for_state(client, job["id"], TERMINAL, timeout=30)["state"] == "FINISHED"
+        assert wait_for_state(client, job["id"], TERMINAL)["state"] == "FINISHED"
         assert messages(client, job["id"]) == ["Hello, world"]
         assert len(slurm_jobs(job["id"])) == 1
     finally:
@@ -159,7 +158,7 @@ def test_jobs_left_in_slurm_for_ended_or_deleted_records_are_cancelled(tmp_path)
     client = server.client("portal")
     try:
         done = submit(client, "hello.xml", resources=ON_SLURM)
-        assert wait_for_state(client, done["id"], TERMINAL, timeout=30)["state"] == "FINISHED"
+        assert wait_for_state(client, done["id"], TERMINAL)["state"] == "FINISHED"
         assert server.stop() == 0
         strays = {}
         for job_id in (done["id"], "01nosuchjob0000000000000000"):
@@ -167,16 +166,12 @@ def test_jobs_left_in_slurm_for_ended_or_deleted_records_are_cancelled(tmp_path)
                 ["sbatch", "--parsable", f"--job-name=kree-{job_id}", "--output=/dev/null",
                  "--wrap=sleep 120"], check=True, capture_output=True, text=True).stdout
             strays[job_id] = int(out.strip().split(";")[0])
-        deadline = time.monotonic() + 20
-        while any(slurm_state(sid) not in ("RUNNING", "PENDING") for sid in strays.values()):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_for(lambda: all(slurm_state(sid) in ("RUNNING", "PENDING")
+                             for sid in strays.values()), "the strays in Slurm", interval=0.1)
         server.start()
         for job_id, slurm_id in strays.items():
-            deadline = time.monotonic() + 20
-            while slurm_state(slurm_id) != "CANCELLED":
-                assert time.monotonic() < deadline, (job_id, slurm_state(slurm_id))
-                time.sleep(0.1)
+            wait_for(lambda: slurm_state(slurm_id) == "CANCELLED",
+                     f"the stray of {job_id} cancelled", interval=0.1)
         assert "still in slurm but deleted; cancelling it" in server.log
         assert "still in slurm but FINISHED; cancelling it" in server.log
         assert client.get(f"/v1/jobs/{done['id']}/state").json["state"] == "FINISHED"

@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from live import LiveKree, job_processes, submit, wait_for_state
+from waiting import holds_for, wait_for
 
 CONFIG = """
 [supervisor]
@@ -121,16 +122,12 @@ def test_stop_is_graceful_and_kill_is_not(portal):
     # Both engines are under way once each has written its first event line.
     files = [portal.server.state_dir / "jobs" / job["id"] / "events.jsonl"
              for job in (stopped, killed)]
-    deadline = time.monotonic() + 60
-    while not all(f.exists() and f.read_bytes().count(b"\n") >= 1 for f in files):
-        assert time.monotonic() < deadline, "the engines did not start"
-        time.sleep(0.05)
+    wait_for(lambda: all(f.exists() and f.read_bytes().count(b"\n") >= 1 for f in files),
+             "both engines' first event lines")
     assert portal.post(f"/v1/jobs/{stopped['id']}/stop").json["state"] == "ABORTED"
     assert portal.post(f"/v1/jobs/{killed['id']}/kill").json["state"] == "ABORTED"
-    deadline = time.monotonic() + 60
-    while (job_processes(stopped["id"]) or job_processes(killed["id"])) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not job_processes(stopped["id"]) and not job_processes(killed["id"])
+    wait_for(lambda: not job_processes(stopped["id"]) and not job_processes(killed["id"]),
+             "no process left of either job")
     # The stopped engine finished its firing and said so; the killed one could not.
     stopped_log = (portal.server.state_dir / "jobs" / stopped["id"] / "events.jsonl").read_text()
     assert json.loads(stopped_log.splitlines()[-1])["state"] == "stopped"
@@ -144,27 +141,28 @@ def test_pause_really_stops_the_tree_and_resume_continues(portal):
     job = submit(portal, "sleep-loop.xml", parameters={
         ".sleeper.period": 50, ".sleeper.SDF Director.iterations": 60})
     wait_for_state(portal, job["id"], "RUNNING")
-    time.sleep(0.5)
+    wait_for(lambda: messages(portal, job["id"]), "a first message")
     paused = portal.post(f"/v1/jobs/{job['id']}/pause").json
     assert paused["state"] == "PAUSED" and paused["paused_from"] == "RUNNING"
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+    paused_at = time.monotonic()
+
+    def all_stopped():
         processes = job_processes(job["id"])
         if processes and all(p.status() == psutil.STATUS_STOPPED for p in processes):
-            break
-        time.sleep(0.02)
-    processes = job_processes(job["id"])
-    assert processes and all(p.status() == psutil.STATUS_STOPPED for p in processes)
+            return processes
+        return None
+
+    processes = wait_for(all_stopped, "every process of the job stopped")
     cpu = [sum(p.cpu_times()[:2]) for p in processes]
     count = len(messages(portal, job["id"]))
-    time.sleep(1.0)
-    assert [sum(p.cpu_times()[:2]) for p in processes] == cpu
-    assert len(messages(portal, job["id"])) == count
+    holds_for(lambda: [sum(p.cpu_times()[:2]) for p in processes] == cpu
+              and len(messages(portal, job["id"])) == count,
+              "no CPU time and no message while paused", duration=1.0)
     assert portal.post(f"/v1/jobs/{job['id']}/resume").json["state"] == "RUNNING"
     state = wait_for_state(portal, job["id"], TERMINAL)
     assert state["state"] == "FINISHED"
     assert messages(portal, job["id"]) == [str(i) for i in range(60)]
-    assert state["running_seconds"] < (time.monotonic() - deadline) + 10
+    assert state["running_seconds"] < (time.monotonic() - paused_at) + 10
 
 
 def test_pause_while_queued_holds_the_job(portal, server):
@@ -176,8 +174,11 @@ def test_pause_while_queued_holds_the_job(portal, server):
     assert portal.post(f"/v1/jobs/{held['id']}/pause").json["paused_from"] == "QUEUED"
     for job in blockers:
         portal.post(f"/v1/jobs/{job['id']}/kill")
-    time.sleep(1.0)
-    assert portal.get(f"/v1/jobs/{held['id']}/state").json["state"] == "PAUSED"
+    wait_for(lambda: not any(job_processes(job["id"]) for job in blockers),
+             "the blockers' processes gone")
+    # Both slots are free now, and the paused job still does not take one.
+    holds_for(lambda: portal.get(f"/v1/jobs/{held['id']}/state").json["state"] == "PAUSED",
+              "the held job PAUSED", duration=1.5)
     portal.post(f"/v1/jobs/{held['id']}/resume")
     assert wait_for_state(portal, held["id"], TERMINAL)["state"] == "FINISHED"
     assert messages(portal, held["id"]) == ["Hello, world"]
@@ -229,10 +230,7 @@ def test_input_timeout_fails_the_job(portal):
     wait_for_state(portal, job["id"], "WAITING")
     state = wait_for_state(portal, job["id"], TERMINAL, timeout=20)
     assert state["state"] == "FAILED" and state["error"] == "input timeout"
-    deadline = time.monotonic() + 10
-    while job_processes(job["id"]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not job_processes(job["id"])
+    wait_for(lambda: not job_processes(job["id"]), "no process left of the job")
 
 
 def test_walltime_stops_the_job(portal):
@@ -242,10 +240,8 @@ def test_walltime_stops_the_job(portal):
     assert state["state"] == "FAILED" and state["error"] == "walltime"
     # The engine's own end (exit 3, "stopped") comes later and must not
     # replace the reason.
-    deadline = time.monotonic() + 10
-    while portal.get(f"/v1/jobs/{job['id']}/state").json["exit_code"] is None \
-            and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: portal.get(f"/v1/jobs/{job['id']}/state").json["exit_code"] is not None,
+             "the engine's exit code")
     state = portal.get(f"/v1/jobs/{job['id']}/state").json
     assert state["exit_code"] == 3 and state["error"] == "walltime"
 
@@ -253,12 +249,11 @@ def test_walltime_stops_the_job(portal):
 def test_monitoring_reports_cpu_and_memory(portal):
     job = submit(portal, "sleep-loop.xml", parameters={".sleeper.period": 100})
     wait_for_state(portal, job["id"], "RUNNING")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    def sampled():
         state = portal.get(f"/v1/jobs/{job['id']}/state").json
-        if state["peak_memory_bytes"] and state["cpu_seconds"] is not None:
-            break
-        time.sleep(0.1)
+        return state if state["peak_memory_bytes"] and state["cpu_seconds"] is not None else None
+
+    state = wait_for(sampled, "a first sample of the job")
     assert state["peak_memory_bytes"] > 5 * 1024 * 1024
     assert state["cpu_seconds"] >= 0
     portal.post(f"/v1/jobs/{job['id']}/kill")
@@ -297,18 +292,13 @@ def test_kill_leaves_no_process_even_one_that_escaped(portal, server):
                       headers={"Content-Type": "application/xml"}).json["uri"]
     job = portal.post("/v1/jobs", {"workflow": uri, "queue": True}).json
     wait_for_state(portal, job["id"], "RUNNING")
-    deadline = time.monotonic() + 10
-    while len(job_processes(job["id"])) < 4 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: len(job_processes(job["id"])) >= 4, "the engine, sh and both sleeps")
     processes = job_processes(job["id"])
     sessions = {p.pid: __import__("os").getsid(p.pid) for p in processes}
     assert len(set(sessions.values())) >= 2, "the escaped sleep should be in a session of its own"
     portal.post(f"/v1/jobs/{job['id']}/kill")
-    deadline = time.monotonic() + 10
-    while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in processes) \
-            and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    wait_for(lambda: not [p for p in processes if p.is_running()
+                          and p.status() != psutil.STATUS_ZOMBIE], "every process gone")
 
 
 def test_memory_limit_kills_the_job(portal):
@@ -317,7 +307,4 @@ def test_memory_limit_kills_the_job(portal):
                  resources={"memory": "1M"})
     state = wait_for_state(portal, job["id"], TERMINAL, timeout=30)
     assert state["state"] == "FAILED" and state["error"] == "memory"
-    deadline = time.monotonic() + 10
-    while job_processes(job["id"]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not job_processes(job["id"])
+    wait_for(lambda: not job_processes(job["id"]), "no process left of the job")
