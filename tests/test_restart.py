@@ -5,6 +5,7 @@ engine runs twice.  While the daemon is down, one job finishes, one engine
 is killed, and one record is damaged.
 """
 
+import contextlib
 import time
 
 import psutil
@@ -78,8 +79,10 @@ def test_kill_9_and_restart(tmp_path):
             ".sleeper.period": 100, ".sleeper.SDF Director.iterations": LONG})
         ends_meanwhile = submit(client, "sleep-loop.xml", parameters={
             ".sleeper.period": 100, ".sleeper.SDF Director.iterations": SHORT})
-        dies_meanwhile = submit(client, "sleep-loop.xml", parameters={".sleeper.period": 100})
-        damaged = submit(client, "sleep-loop.xml", parameters={".sleeper.period": 100})
+        dies_meanwhile = submit(client, "sleep-loop.xml", parameters={
+            ".sleeper.period": 100, ".sleeper.SDF Director.iterations": LONG})
+        damaged = submit(client, "sleep-loop.xml", parameters={
+            ".sleeper.period": 100, ".sleeper.SDF Director.iterations": LONG})
         held = submit(client, "hello.xml", queue=True)
         for job in (ends_meanwhile, running, paused, dies_meanwhile, damaged):
             wait_for_state(client, job["id"], "RUNNING")
@@ -126,7 +129,8 @@ def test_kill_9_and_restart(tmp_path):
         broken = wait_for_state(client, damaged["id"], TERMINAL)
         assert broken["state"] == "FAILED" and broken["error"].startswith("quarantined")
         for process in damaged_engines:  # quarantined jobs' engines are not followed
-            process.kill()
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
 
         state = client.get(f"/v1/jobs/{paused['id']}/state").json
         assert state["state"] == "PAUSED"
