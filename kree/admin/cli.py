@@ -747,6 +747,8 @@ def actors_list(config: Config, args) -> dict[str, Any]:
 
 
 def _set_rule(config: Config, actor_class: str, rule: str) -> dict[str, Any]:
+    # The rule is checked here, by the use case; the store only writes it.
+    _check_rule_arg(rule)
     if not actor_class or any(c.isspace() for c in actor_class):
         raise UsageError(f"actor class {actor_class!r}: give the full class name, such as "
                          "ptolemy.actor.lib.python.PythonScript")
@@ -790,7 +792,6 @@ def actors_allow(config: Config, args) -> dict[str, Any]:
 
 
 def actors_restrict(config: Config, args) -> dict[str, Any]:
-    _check_rule_arg(args.policy)
     if args.policy == "allow":
         raise UsageError(f"restrict takes replace:CLASS, remove or reject; to allow "
                          f"{args.actor_class} use `kree-admin actors allow {args.actor_class}`")
