@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import json
 import mimetypes
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -291,10 +290,6 @@ class JobsApi:
     async def delete(self, call: Call) -> Response:
         job = await self._job(call)
         await self._jobs.delete(job.id, frontend_id=call.frontend.id)
-        # A stopped engine may still be finishing its firing: it must be gone
-        # before its directory is.
-        await self._supervisor.release(job)
-        await self._in_thread(shutil.rmtree, job.job_dir, True)
         return Response(204, None, job_id=job.id)
 
     async def get_parameters(self, call: Call) -> dict[str, Any]:
