@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from kree.errors import InvalidRequest, InvalidTransition, JobNotFound, KreeError
 from kree.ids import new_job_id
 from kree.jobspec import InvalidJobSpec
-from kree.records import Event, Job, Message
+from kree.records import Event, Job, JobDetail, Message
 from kree.states import Action, JobState
 from kree.store.events import append_thd
 
@@ -143,6 +143,48 @@ class JobService:
         )
         self._notify(event)
         return job
+
+    async def edit_new(
+        self,
+        job_id: str,
+        *,
+        frontend_id: int | None = None,
+        parameters: dict[str, Any] | None = None,
+        inputs: dict[str, str] | None = None,
+        resources: dict[str, Any] | None = None,
+    ) -> JobDetail:
+        """
+        Change a NEW job's parameters (merged; None removes one), inputs
+        (each named one replaced) or resources (replaced, with the backend and
+        directory they imply), in one transaction with a C{job.updated} event
+        whose data says what changed.  Give exactly one of the three.
+
+        @raise InvalidTransition: the job is no longer NEW (409).
+        @raise JobNotFound: no such job (of this frontend, if given).
+        """
+        given = {name: value for name, value in (("parameters", parameters), ("inputs", inputs),
+                                                 ("resources", resources)) if value is not None}
+        if len(given) != 1:
+            raise ValueError(f"edit_new changes one of parameters, inputs, resources: {given}")
+        ((what, change),) = given.items()
+        placement = self.placement(job_id, resources) if resources is not None else (None, None)
+        detail, event = await self._store.pool.run(
+            self._edit_new_thd, job_id, frontend_id, what, change, placement, self.now())
+        self.log.info("job {job_id}: {what} changed", job_id=job_id, what=what)
+        self._notify(event)
+        return detail
+
+    def _edit_new_thd(self, conn, job_id, frontend_id, what, change, placement, now):
+        jobs = self._store.jobs
+        job = jobs.get_thd(conn, job_id, frontend_id, lock=True)
+        if job.state is not JobState.NEW:
+            raise InvalidTransition(job.state, f"set {what}",
+                                    f"cannot set {what} of a job in state {job.state}: "
+                                    "only while NEW")
+        backend, job_dir = placement
+        jobs.edit_thd(conn, job_id, **{what: change}, backend=backend, job_dir=job_dir)
+        event = append_thd(conn, job_id, "job.updated", {what: change}, now)
+        return jobs.get_detail_thd(conn, job_id), event
 
     async def apply(
         self,

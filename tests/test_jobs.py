@@ -118,3 +118,34 @@ async def test_purge_deletes_old_ended_and_new_jobs_only(service, store, fronten
     assert (await store.jobs.get(queued.id)).state is JobState.QUEUED
     with pytest.raises(InvalidRequest, match="not QUEUED, RUNNING"):
         await service.purge(0, [JobState.RUNNING, JobState.QUEUED])
+
+
+@pytest_twisted.ensureDeferred
+async def test_editing_a_new_job_is_an_event_and_only_while_new(service, store, frontend):
+    seen = []
+    job = await service.create(frontend.id, "kree:workflow/abc", parameters={".m.a": 1})
+    service.add_observer(seen.append)
+    detail = await service.edit_new(job.id, frontend_id=frontend.id,
+                                    parameters={".m.a": None, ".m.b": 2})
+    assert detail.parameters == {".m.b": 2}
+    detail = await service.edit_new(job.id, inputs={"data": "https://example.org/d.csv"})
+    assert [(i.name, i.uri) for i in detail.inputs] == [("data", "https://example.org/d.csv")]
+    detail = await service.edit_new(job.id, resources={"cpus": 2, "priority": 5})
+    assert detail.job.resources == {"cpus": 2, "priority": 5} and detail.job.priority == 5
+    assert [(e.seq, e.type) for e in seen] == [(2, "job.updated"), (3, "job.updated"),
+                                                (4, "job.updated")]
+    assert [e.data for e in seen] == [
+        {"parameters": {".m.a": None, ".m.b": 2}},
+        {"inputs": {"data": "https://example.org/d.csv"}},
+        {"resources": {"cpus": 2, "priority": 5}}]
+    assert [e.to_json() for e in await store.events.list_for_job(job.id)][1:] == [
+        e.to_json() for e in seen]
+
+    await service.apply(job.id, Action.QUEUE)
+    seen.clear()
+    with pytest.raises(InvalidTransition, match="cannot set parameters of a job in state "
+                                                "QUEUED: only while NEW"):
+        await service.edit_new(job.id, parameters={".m.b": 3})
+    with pytest.raises(JobNotFound):
+        await service.edit_new(job.id, frontend_id=frontend.id + 1, resources={})
+    assert seen == [] and (await store.jobs.get_detail(job.id, None)).parameters == {".m.b": 2}
