@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import json
 import re
+import shlex
 import subprocess
 import sys
 from typing import Any, Iterator
@@ -41,6 +42,7 @@ from kree.config import Config, load_config
 from kree.engine import software as engine_software
 from kree.engine.policy import valid_policy
 from kree.engine.registry import DEFAULT_POLICY
+from kree.engines import MOML
 from kree.errors import ConfigError, JobNotFound, KreeError
 from kree.records import isoformat
 from kree.states import JobState
@@ -680,9 +682,10 @@ ENGINE_TIMEOUT_SECONDS = 60
 
 def _engine_json(command: str, timeout: float = ENGINE_TIMEOUT_SECONDS) -> Any:
     """Run `python -m kree.engine COMMAND` (the engine's own view) and parse its JSON."""
-    shown = f"{sys.executable} -m kree.engine {command}"
+    args = MOML.command(command)
+    shown = shlex.join(args)
     try:
-        result = subprocess.run([sys.executable, "-m", "kree.engine", command],
+        result = subprocess.run(args,
                                 capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise CommandFailed(f"`{shown}` did not finish within {timeout:g} s; run it by hand "
