@@ -33,7 +33,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from kree.backends import EngineObserver, proctree
+from kree.backends import Backend, EngineObserver, proctree
 from kree.backends.eventfile import EventTail, write_answer_file
 from kree.engines import MOML
 from kree.records import Job
@@ -135,9 +135,10 @@ class LocalEngine:
         self.wake()
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     name = "local"
-    batch = False
+    # One scan of /proc samples every job (usage_many).
+    samples_together = True
     log = Logger()
 
     def __init__(self, reactor, observer: EngineObserver, *, python: str = sys.executable) -> None:

@@ -62,6 +62,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from kree.backends import Backend
 from kree.backends.eventfile import EventTail, write_answer_file
 from kree.backends.proctree import Usage
 from kree.engines import MOML
@@ -276,7 +277,7 @@ class SlurmJob:
     done: Deferred = attrs.field(factory=Deferred)
 
 
-class SlurmBackend:
+class SlurmBackend(Backend):
     """
     @param settings: the C{[slurm]} section (L{kree.config.SlurmConfig}).
     """
