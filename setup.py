@@ -46,6 +46,9 @@ setup(
             # Drives the OpenAPI document against a live kreed (no 5xx, no
             # schema violation).
             "schemathesis>=4",
+            # The import contracts in .importlinter (tests/test_import_contracts.py):
+            # the layering of DESIGN.md checked, not just drawn.
+            "import-linter>=2.1",
         ],
     },
     entry_points={

@@ -2,7 +2,7 @@
 Fetching workflows and inputs by URI, through the cache (DESIGN.md sections 6-7).
 
 L{Fetcher.fetch} turns a URI into a body on disk, C{<state-dir>/cache/<sha256>}
-(written atomically by L{kree.api.workflows.store_document}), and answers a
+(written atomically by L{store_document}, also for uploads), and answers a
 L{FetchResult}.  The store's cache index (L{kree.store.cache.CacheStore})
 remembers, per URI, the SHA-256, size and validators (ETag, Last-Modified) of
 the body last seen, and when it was fetched and last checked.
@@ -59,6 +59,7 @@ import datetime
 import hashlib
 import os
 import stat
+import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urldefrag, urljoin, urlsplit
 
@@ -72,7 +73,6 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from kree import __version__, urlguard
-from kree.api.workflows import store_document
 from kree.errors import KreeError
 from kree.httpclient import PinnedAgent, describe_failure
 
@@ -83,6 +83,29 @@ WORKFLOW_PREFIX = "kree:workflow/"
 # reused) up to this much, then the connection is dropped.
 _DISCARD_LIMIT = 65536
 _HEX = frozenset("0123456789abcdef")
+
+
+def store_document(cache_dir: Path, sha256: str, data: bytes) -> Path:
+    """
+    Put a body in the cache as C{cache_dir/sha256}, atomically (a temp file,
+    fsync, then rename); a body already there is kept.  Fetches and uploads
+    (POST /v1/workflows) both store through it.
+    """
+    path = cache_dir / sha256
+    if path.exists():
+        return path
+    cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".upload-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
 
 
 class FetchError(KreeError):

@@ -2,7 +2,8 @@
 The job service: the only writer of job state.
 
 The API, the supervisor and the admin console all change jobs through
-L{JobService}.  Each change is one store transaction that checks the state
+L{JobService}, and its use cases are theirs: deleting a job (the record, then
+the engine, then the directory) and purging old ones are written here once.  Each change is one store transaction that checks the state
 machine (L{kree.states}), writes the job and appends its event; only after
 the commit are observers told (the supervisor to act, kree.events to deliver,
 long polls to wake).  An observer that fails is logged and never undoes the
@@ -12,19 +13,31 @@ change, which is already durable.
 from __future__ import annotations
 
 import datetime
+import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Protocol
 
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from kree.errors import InvalidTransition, JobNotFound
+from kree.errors import InvalidRequest, InvalidTransition, JobNotFound, KreeError
 from kree.ids import new_job_id
 from kree.jobspec import InvalidJobSpec
-from kree.records import Event, Job, Message
-from kree.states import Action
+from kree.records import Event, Job, JobDetail, Message
+from kree.states import Action, JobState
 from kree.store.events import append_thd
 
 EventObserver = Callable[[Event], None]
+#: Told how far a purge has got: (done, total).
+PurgeProgress = Callable[[int, int], None]
+#: The states a purge may take: NEW and the terminal ones.
+PURGEABLE = frozenset({JobState.NEW} | {state for state in JobState if state.terminal})
+
+
+class EngineRelease(Protocol):
+    """What runs engines (the supervisor): a job's engine is gone once this returns."""
+
+    async def release(self, job: Job) -> None: ...
 
 
 class JobService:
@@ -45,6 +58,11 @@ class JobService:
                            (job_roots or {"local": Path(jobs_dir)}).items()}
         self._default_backend = default_backend
         self._observers: list[EventObserver] = []
+        self._engines: EngineRelease | None = None
+
+    def attach_engines(self, engines: EngineRelease) -> None:
+        """The supervisor, built after this service, releases engines for deletes."""
+        self._engines = engines
 
     @property
     def backends(self) -> tuple[str, ...]:
@@ -125,6 +143,48 @@ class JobService:
         )
         self._notify(event)
         return job
+
+    async def edit_new(
+        self,
+        job_id: str,
+        *,
+        frontend_id: int | None = None,
+        parameters: dict[str, Any] | None = None,
+        inputs: dict[str, str] | None = None,
+        resources: dict[str, Any] | None = None,
+    ) -> JobDetail:
+        """
+        Change a NEW job's parameters (merged; None removes one), inputs
+        (each named one replaced) or resources (replaced, with the backend and
+        directory they imply), in one transaction with a C{job.updated} event
+        whose data says what changed.  Give exactly one of the three.
+
+        @raise InvalidTransition: the job is no longer NEW (409).
+        @raise JobNotFound: no such job (of this frontend, if given).
+        """
+        given = {name: value for name, value in (("parameters", parameters), ("inputs", inputs),
+                                                 ("resources", resources)) if value is not None}
+        if len(given) != 1:
+            raise ValueError(f"edit_new changes one of parameters, inputs, resources: {given}")
+        ((what, change),) = given.items()
+        placement = self.placement(job_id, resources) if resources is not None else (None, None)
+        detail, event = await self._store.pool.run(
+            self._edit_new_thd, job_id, frontend_id, what, change, placement, self.now())
+        self.log.info("job {job_id}: {what} changed", job_id=job_id, what=what)
+        self._notify(event)
+        return detail
+
+    def _edit_new_thd(self, conn, job_id, frontend_id, what, change, placement, now):
+        jobs = self._store.jobs
+        job = jobs.get_thd(conn, job_id, frontend_id, lock=True)
+        if job.state is not JobState.NEW:
+            raise InvalidTransition(job.state, f"set {what}",
+                                    f"cannot set {what} of a job in state {job.state}: "
+                                    "only while NEW")
+        backend, job_dir = placement
+        jobs.edit_thd(conn, job_id, **{what: change}, backend=backend, job_dir=job_dir)
+        event = append_thd(conn, job_id, "job.updated", {what: change}, now)
+        return jobs.get_detail_thd(conn, job_id), event
 
     async def apply(
         self,
@@ -287,10 +347,47 @@ class JobService:
 
     async def delete(self, job_id: str, *, frontend_id: int | None = None) -> Job:
         """
-        Delete a NEW or terminal job's record.  Its directory is removed by
-        the caller (the API or the admin console) after this commit.
+        Delete a NEW or terminal job: its record, with a C{job.deleted}
+        event, in one transaction; then, once its engine is gone (a stopped
+        engine may still be finishing its firing), its directory.
+
+        @raise JobNotFound: no such job (of this frontend, if given).
+        @raise InvalidTransition: the job is neither NEW nor ended (409).
         """
         job, event = await self._store.jobs.delete(job_id, frontend_id=frontend_id, now=self.now())
         self.log.info("job {job_id} deleted", job_id=job_id)
         self._notify(event)
+        if self._engines is not None:
+            await self._engines.release(job)
+        await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                shutil.rmtree, job.job_dir, True)
         return job
+
+    async def purge(self, older_than_seconds: float, states: Iterable[JobState],
+                    progress: PurgeProgress | None = None) -> int:
+        """
+        Delete (as L{delete}) every job in C{states} that ended, or for NEW
+        ones was created, more than C{older_than_seconds} ago; the number
+        deleted.  A job that changed meanwhile is left alone.
+
+        @raise InvalidRequest: a state that is neither NEW nor terminal.
+        """
+        states = set(states)
+        if not states <= PURGEABLE:
+            others = ", ".join(sorted(state.value for state in states - PURGEABLE))
+            raise InvalidRequest(f"only NEW and terminal jobs can be purged, not {others}")
+        cutoff = self.now() - datetime.timedelta(seconds=older_than_seconds)
+        candidates = await self._store.jobs.purgeable(cutoff, [state.value for state in states])
+        report = progress or (lambda done, total: None)
+        report(0, len(candidates))
+        purged = 0
+        for index, job in enumerate(candidates, 1):
+            try:
+                await self.delete(job.id)
+            except KreeError:
+                pass  # it changed (was queued, or deleted) meanwhile
+            else:
+                purged += 1
+            if index % 50 == 0 or index == len(candidates):
+                report(index, len(candidates))
+        return purged

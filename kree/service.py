@@ -152,6 +152,7 @@ class KreeDaemon(AsyncMultiService):
                                      fetcher=self.fetcher, uploader=self.uploader,
                                      stop_jobs_on_exit=stop_jobs_on_exit)
         self.supervisor.setServiceParent(self)
+        self.jobs.attach_engines(self.supervisor)
         self.deliveries = DeliveryService(config, self.store, self.jobs, reactor)
         self.deliveries.setServiceParent(self)
         self.api = ApiService(config, self.store, self.jobs, self.supervisor, reactor,

@@ -142,9 +142,7 @@ class Supervisor(Service):
     async def _start(self) -> None:
         self._jobs.add_observer(self._observe)
         for backend in self.backends.values():
-            starting = getattr(backend, "start_service", None)
-            if starting is not None:
-                await starting()
+            await backend.start_service()
         try:
             await self._recover()
             await self._cancel_strays()
@@ -347,7 +345,7 @@ class Supervisor(Service):
                     pass
                 return
             try:
-                if getattr(backend, "batch", False):
+                if backend.batch:
                     job = await self._store.jobs.get(job.id)
                     if job.state is not JobState.QUEUED:
                         raise InvalidTransition(job.state, Action.DISPATCH)
@@ -640,7 +638,7 @@ class Supervisor(Service):
         single = []
         for job_id in list(self._running_frontend):
             name = self._running_backend.get(job_id)
-            if name in self.backends and hasattr(self.backends[name], "usage_many"):
+            if name in self.backends and self.backends[name].samples_together:
                 batched.setdefault(name, []).append(job_id)
             else:
                 single.append(job_id)
@@ -730,7 +728,7 @@ class Supervisor(Service):
         # make healthy records look damaged (quarantined) below.
         candidates = await self._patiently(self._store.jobs.active_ids)
         for name, backend in self.backends.items():
-            if getattr(backend, "batch", False):
+            if backend.batch:
                 candidates += await self._patiently(self._store.jobs.submitted_ids, name)
         # Each job once, even if two queries named it: never two adoptions.
         unique: dict[str, str] = {}
@@ -812,10 +810,7 @@ class Supervisor(Service):
         deleted meanwhile): nothing follows them, so they are cancelled.
         """
         for name, backend in self.backends.items():
-            strays = getattr(backend, "untracked", None)
-            if strays is None:
-                continue
-            for job_id, cancel in strays().items():
+            for job_id, cancel in backend.untracked().items():
                 try:
                     job = await self._patiently(self._store.jobs.get, job_id)
                 except JobNotFound:
@@ -836,8 +831,6 @@ class Supervisor(Service):
         for name, backend in self.backends.items():
             entry: dict[str, Any] = {"name": name, "jobs": self._count(name),
                                      "limit": self.limits[name]}
-            describe = getattr(backend, "status", None)
-            if describe is not None:
-                entry.update(await describe())
+            entry.update(await backend.status())
             out.append(entry)
         return out

@@ -49,6 +49,7 @@ from twisted.logger import Logger
 
 from kree.config import ValidationConfig
 from kree.engine.cli import EXIT_OUT_OF_MEMORY
+from kree.engines import MOML
 from kree.errors import KreeError
 
 CACHE_SIZE = 256
@@ -220,8 +221,8 @@ class WorkflowChecker:
 
     async def _run(self, path: Path, process: _CheckProcess) -> None:
         limits = self._limits
-        args = [self._python, "-m", "kree.engine", "validate", str(path), "--policy", "-",
-                "--max-memory", str(limits.max_memory_bytes), "--new-session"]
+        args = MOML.validate_command(path, max_memory_bytes=limits.max_memory_bytes,
+                                     python=self._python)
         self._reactor.spawnProcess(process, self._python, args, env=dict(os.environ))
 
         def hit(limit: str) -> None:

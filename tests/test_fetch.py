@@ -16,10 +16,9 @@ from twisted.internet.ssl import PrivateCertificate
 from twisted.web import resource, server
 
 from kree import pki, urlguard
-from kree.api.workflows import store_document
 from kree.config import load_config
+from kree.fetch import Fetcher, FetchError, store_document
 from kree.httpclient import PinnedAgent, ServerTLSPolicy
-from kree.fetch import Fetcher, FetchError
 
 MAX_BYTES = 1000
 FIRST_MODIFIED = "Wed, 21 Oct 2015 07:28:00 GMT"

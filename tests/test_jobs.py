@@ -1,11 +1,13 @@
-"""The job service: the one write path for state, and its observers."""
+"""The job service: the one write path for state, its observers, and deleting jobs."""
+
+from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.logger import globalLogPublisher
 
-from kree.errors import InvalidTransition, JobNotFound
+from kree.errors import InvalidRequest, InvalidTransition, JobNotFound
 from kree.jobs import JobService
 from kree.states import Action, JobState
 
@@ -77,3 +79,73 @@ async def test_a_failing_observer_neither_undoes_nor_blocks(service, store, fron
     failures = [e for e in logged if "log_failure" in e]
     assert len(failures) == 2
     assert all(f["log_failure"].check(RuntimeError) for f in failures)
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_removes_the_record_then_the_directory(service, store, frontend):
+    job = await service.create(frontend.id, "kree:workflow/abc")
+    job_dir = Path(job.job_dir)
+    (job_dir / "products").mkdir(parents=True)
+    (job_dir / "products" / "result.txt").write_text("42")
+    queued = await service.apply(job.id, Action.QUEUE)
+    with pytest.raises(InvalidTransition):  # only NEW and ended jobs
+        await service.delete(queued.id)
+    assert job_dir.is_dir()
+    await service.apply(job.id, Action.STOP)
+    deleted = await service.delete(job.id, frontend_id=frontend.id)
+    assert deleted.id == job.id and not job_dir.exists()
+    with pytest.raises(JobNotFound):
+        await store.jobs.get(job.id)
+
+
+@pytest_twisted.ensureDeferred
+async def test_purge_deletes_old_ended_and_new_jobs_only(service, store, frontend, tmp_path):
+    ended = await service.create(frontend.id, "kree:workflow/abc")
+    await service.apply(ended.id, Action.STOP)
+    new = await service.create(frontend.id, "kree:workflow/abc")
+    queued = await service.create(frontend.id, "kree:workflow/abc")
+    await service.apply(queued.id, Action.QUEUE)
+    for job in (ended, new, queued):
+        Path(job.job_dir).mkdir(parents=True)
+    steps = []
+    # Nothing is old enough yet.
+    assert await service.purge(3600, [JobState.ABORTED, JobState.NEW]) == 0
+    # Everything is now: the ended job goes, the NEW one only when asked for.
+    assert await service.purge(0, [JobState.ABORTED], lambda *step: steps.append(step)) == 1
+    assert steps == [(0, 1), (1, 1)] and not Path(ended.job_dir).exists()
+    assert await service.purge(0, [JobState.NEW, JobState.ABORTED]) == 1
+    assert not Path(new.job_dir).exists() and Path(queued.job_dir).is_dir()
+    assert (await store.jobs.get(queued.id)).state is JobState.QUEUED
+    with pytest.raises(InvalidRequest, match="not QUEUED, RUNNING"):
+        await service.purge(0, [JobState.RUNNING, JobState.QUEUED])
+
+
+@pytest_twisted.ensureDeferred
+async def test_editing_a_new_job_is_an_event_and_only_while_new(service, store, frontend):
+    seen = []
+    job = await service.create(frontend.id, "kree:workflow/abc", parameters={".m.a": 1})
+    service.add_observer(seen.append)
+    detail = await service.edit_new(job.id, frontend_id=frontend.id,
+                                    parameters={".m.a": None, ".m.b": 2})
+    assert detail.parameters == {".m.b": 2}
+    detail = await service.edit_new(job.id, inputs={"data": "https://example.org/d.csv"})
+    assert [(i.name, i.uri) for i in detail.inputs] == [("data", "https://example.org/d.csv")]
+    detail = await service.edit_new(job.id, resources={"cpus": 2, "priority": 5})
+    assert detail.job.resources == {"cpus": 2, "priority": 5} and detail.job.priority == 5
+    assert [(e.seq, e.type) for e in seen] == [(2, "job.updated"), (3, "job.updated"),
+                                                (4, "job.updated")]
+    assert [e.data for e in seen] == [
+        {"parameters": {".m.a": None, ".m.b": 2}},
+        {"inputs": {"data": "https://example.org/d.csv"}},
+        {"resources": {"cpus": 2, "priority": 5}}]
+    assert [e.to_json() for e in await store.events.list_for_job(job.id)][1:] == [
+        e.to_json() for e in seen]
+
+    await service.apply(job.id, Action.QUEUE)
+    seen.clear()
+    with pytest.raises(InvalidTransition, match="cannot set parameters of a job in state "
+                                                "QUEUED: only while NEW"):
+        await service.edit_new(job.id, parameters={".m.b": 3})
+    with pytest.raises(JobNotFound):
+        await service.edit_new(job.id, frontend_id=frontend.id + 1, resources={})
+    assert seen == [] and (await store.jobs.get_detail(job.id, None)).parameters == {".m.b": 2}

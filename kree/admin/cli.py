@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import json
 import re
+import shlex
 import subprocess
 import sys
 from typing import Any, Iterator
@@ -41,6 +42,7 @@ from kree.config import Config, load_config
 from kree.engine import software as engine_software
 from kree.engine.policy import valid_policy
 from kree.engine.registry import DEFAULT_POLICY
+from kree.engines import MOML
 from kree.errors import ConfigError, JobNotFound, KreeError
 from kree.records import isoformat
 from kree.states import JobState
@@ -680,9 +682,10 @@ ENGINE_TIMEOUT_SECONDS = 60
 
 def _engine_json(command: str, timeout: float = ENGINE_TIMEOUT_SECONDS) -> Any:
     """Run `python -m kree.engine COMMAND` (the engine's own view) and parse its JSON."""
-    shown = f"{sys.executable} -m kree.engine {command}"
+    args = MOML.command(command)
+    shown = shlex.join(args)
     try:
-        result = subprocess.run([sys.executable, "-m", "kree.engine", command],
+        result = subprocess.run(args,
                                 capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise CommandFailed(f"`{shown}` did not finish within {timeout:g} s; run it by hand "
@@ -747,6 +750,8 @@ def actors_list(config: Config, args) -> dict[str, Any]:
 
 
 def _set_rule(config: Config, actor_class: str, rule: str) -> dict[str, Any]:
+    # The rule is checked here, by the use case; the store only writes it.
+    _check_rule_arg(rule)
     if not actor_class or any(c.isspace() for c in actor_class):
         raise UsageError(f"actor class {actor_class!r}: give the full class name, such as "
                          "ptolemy.actor.lib.python.PythonScript")
@@ -790,7 +795,6 @@ def actors_allow(config: Config, args) -> dict[str, Any]:
 
 
 def actors_restrict(config: Config, args) -> dict[str, Any]:
-    _check_rule_arg(args.policy)
     if args.policy == "allow":
         raise UsageError(f"restrict takes replace:CLASS, remove or reject; to allow "
                          f"{args.actor_class} use `kree-admin actors allow {args.actor_class}`")

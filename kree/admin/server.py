@@ -20,10 +20,8 @@ Commands that only read or change the database work without the daemon
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import shutil
 import socket
 import struct
 import time
@@ -34,7 +32,6 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.internet.protocol import Factory
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
@@ -180,25 +177,13 @@ class AdminCommands:
         older = args.get("older_than_seconds")
         if not isinstance(older, (int, float)) or isinstance(older, bool) or older < 0:
             raise AdminError("malformed", "args.older_than_seconds must be a number >= 0")
-        states = args.get("states") or TERMINAL
-        if not set(states) <= set(TERMINAL) | {"NEW"}:
-            raise AdminError("malformed", "only NEW and terminal jobs can be purged")
+        names = args.get("states") or TERMINAL
+        if not isinstance(names, list) or not all(n in JobState.__members__ for n in names):
+            raise AdminError("malformed", "args.states must be a list of job states")
         daemon = self.daemon
-        cutoff = daemon.jobs.now() - datetime.timedelta(seconds=older)
-        candidates = await daemon.store.jobs.purgeable(cutoff, states)
-        progress(done=0, total=len(candidates))
-        purged = 0
-        for index, job in enumerate(candidates, 1):
-            try:
-                await daemon.jobs.delete(job.id)
-            except KreeError:
-                continue  # it changed meanwhile
-            await daemon.supervisor.release(job)
-            await deferToThreadPool(daemon.reactor, daemon.reactor.getThreadPool(),
-                                    shutil.rmtree, job.job_dir, True)
-            purged += 1
-            if index % 50 == 0 or index == len(candidates):
-                progress(done=index, total=len(candidates))
+        purged = await daemon.jobs.purge(
+            older, [JobState(name) for name in names],
+            lambda done, total: progress(done=done, total=total))
         await daemon.store.audit.record(actor="admin", action="jobs.purge", outcome="ok",
                                         details={"purged": purged, "older_than_seconds": older})
         return {"purged": purged}

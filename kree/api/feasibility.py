@@ -65,9 +65,9 @@ class FeasibilityApi:
         reasons += self._resource_reasons(resources)
         backend = resources.get("backend", self._config.supervisor.default_backend)
         estimated_start = None
-        tester = getattr(self._supervisor.backends.get(backend), "test_submission", None)
-        if tester is not None:
-            estimated_start, refusal = await tester(resources)
+        offered = self._supervisor.backends.get(backend)
+        if offered is not None:
+            estimated_start, refusal = await offered.test_submission(resources)
             if refusal:
                 reasons.append(f"backend {backend}: {refusal}")
 

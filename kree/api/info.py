@@ -6,7 +6,6 @@ OpenAPI document, and the subscription endpoints until callbacks land.
 from __future__ import annotations
 
 import json
-import sys
 from importlib import resources
 from typing import Any
 
@@ -16,6 +15,7 @@ from twisted.logger import Logger
 from kree import __version__, jobspec
 from kree.api.jobs import MAX_PAGE, MAX_WAIT_SECONDS
 from kree.api.resource import ApiError, Call, Router
+from kree.engines import MOML
 from kree.records import isoformat
 from kree.states import JobState
 
@@ -67,8 +67,8 @@ class InfoApi:
 
     async def _engine(self, command: str) -> Any:
         """Ask the engine program (it loads actor packages; the daemon does not)."""
-        out, err, code = await getProcessOutputAndValue(
-            sys.executable, ["-m", "kree.engine", command], reactor=self._reactor)
+        executable, *args = MOML.command(command)
+        out, err, code = await getProcessOutputAndValue(executable, args, reactor=self._reactor)
         if code != 0:
             self.log.error("kree.engine {command} failed ({code}): {err}", command=command,
                            code=code, err=err.decode(errors="replace"))

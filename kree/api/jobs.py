@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import json
 import mimetypes
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -291,10 +290,6 @@ class JobsApi:
     async def delete(self, call: Call) -> Response:
         job = await self._job(call)
         await self._jobs.delete(job.id, frontend_id=call.frontend.id)
-        # A stopped engine may still be finishing its firing: it must be gone
-        # before its directory is.
-        await self._supervisor.release(job)
-        await self._in_thread(shutil.rmtree, job.job_dir, True)
         return Response(204, None, job_id=job.id)
 
     async def get_parameters(self, call: Call) -> dict[str, Any]:
@@ -312,9 +307,8 @@ class JobsApi:
         if checked is not None:
             self._check_parameter_names(checked, {k: v for k, v in parameters.items()
                                                   if v is not None})
-        detail = await self._store.jobs.update_new(
-            job.id, what="set parameters", frontend_id=call.frontend.id, parameters=parameters
-        )
+        detail = await self._jobs.edit_new(job.id, frontend_id=call.frontend.id,
+                                           parameters=parameters)
         return {"id": job.id, "parameters": detail.parameters}
 
     async def put_input(self, call: Call) -> dict[str, Any]:
@@ -322,20 +316,16 @@ class JobsApi:
         name = jobspec.check_input_name(call.params["name"])
         body = call.json_object()
         uri = jobspec.check_uri(body.get("uri"), schemes=jobspec.INPUT_SCHEMES, field=f"inputs.{name}")
-        detail = await self._store.jobs.update_new(
-            job.id, what="set inputs", frontend_id=call.frontend.id, inputs={name: uri}
-        )
+        detail = await self._jobs.edit_new(job.id, frontend_id=call.frontend.id,
+                                           inputs={name: uri})
         staged = next(i for i in detail.inputs if i.name == name)
         return {"id": job.id, "name": name, "uri": staged.uri, "status": staged.status}
 
     async def put_resources(self, call: Call) -> dict[str, Any]:
         job = await self._job(call)
         resources = self._check_resources(call.json_object())
-        backend, job_dir = self._jobs.placement(job.id, resources)
-        detail = await self._store.jobs.update_new(
-            job.id, what="set resources", frontend_id=call.frontend.id, resources=resources,
-            backend=backend, job_dir=job_dir,
-        )
+        detail = await self._jobs.edit_new(job.id, frontend_id=call.frontend.id,
+                                           resources=resources)
         return {"id": job.id, "resources": detail.job.resources}
 
     def _action_handler(self, name: str):

@@ -15,8 +15,8 @@ from kree.errors import JobNotFound
 from kree.ids import looks_like_job_id, new_subscription_id
 from kree.records import Subscription, isoformat
 
-EVENT_TYPES = ("job.created", "job.state", "job.message", "job.progress", "job.waiting",
-               "job.product", "job.deleted")
+EVENT_TYPES = ("job.created", "job.updated", "job.state", "job.message", "job.progress",
+               "job.waiting", "job.product", "job.deleted")
 
 
 def subscription_json(sub: Subscription, *, secret: bool = False) -> dict[str, Any]:

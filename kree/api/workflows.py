@@ -14,8 +14,6 @@ declarations are refused.  Full validation of the model is the engine's
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import defusedxml.ElementTree as DefusedET
@@ -23,6 +21,7 @@ from defusedxml import DefusedXmlException
 from twisted.internet.threads import deferToThreadPool
 
 from kree.api.resource import ApiError, Call, Response, Router
+from kree.fetch import store_document
 
 XML_TYPES = ("application/xml", "text/xml", "application/x-moml+xml")
 
@@ -41,25 +40,6 @@ def check_moml(data: bytes) -> None:
     if root.tag not in ("entity", "class"):
         raise ApiError(422, "invalid_workflow",
                        f"not a MoML workflow: the root element is <{root.tag}>, not <entity>")
-
-
-def store_document(cache_dir: Path, sha256: str, data: bytes) -> Path:
-    """Write the document atomically (temp file, then rename)."""
-    path = cache_dir / sha256
-    if path.exists():
-        return path
-    cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".upload-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
 
 
 class WorkflowsApi:

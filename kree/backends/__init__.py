@@ -10,17 +10,17 @@ through L{EngineObserver}: the lines of JOBDIR/events.jsonl in order, with
 the count consumed so far, and the engine's exit.
 
 kree.backends.local runs engines as processes on this machine; a batch
-system (kree.backends.slurm) implements the same interface.  A backend whose
-C{batch} attribute is true holds jobs pending: the job stays QUEUED after
-C{start} until the backend reports L{EngineObserver.engine_started}, and a
-restart adopts its QUEUED jobs too.  A backend may also offer
-C{start_service()} (awaited before jobs are adopted) and C{status()} (what
-C{kree-admin status} shows of it).
+system (kree.backends.slurm) implements the same interface.  L{Backend} is
+an abstract base class: what every backend must do is abstract, and each
+optional capability is declared there with a default, so callers never probe
+for one (C{batch}, C{samples_together}, C{start_service}, C{usage_many},
+C{untracked}, C{status}, C{test_submission}).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import abc
+from typing import Any, Awaitable, Callable, ClassVar, Protocol
 
 from kree.records import Job
 
@@ -50,13 +50,27 @@ class EngineObserver(Protocol):
         """
 
 
-class Backend(Protocol):
-    name: str
-    batch: bool
+class Backend(abc.ABC):
+    """Where engines run: what the supervisor needs of every backend."""
 
+    #: Its name in configuration, job records and the API ("local").
+    name: ClassVar[str]
+    #: Holds jobs pending: a job stays QUEUED after C{start} until the backend
+    #: reports L{EngineObserver.engine_started}, and a restart adopts its
+    #: QUEUED jobs too.
+    batch: ClassVar[bool] = False
+    #: Samples all its jobs' usage at once, cheaper than one by one
+    #: (L{usage_many}); the supervisor then monitors its jobs together.
+    samples_together: ClassVar[bool] = False
+
+    async def start_service(self) -> None:
+        """Awaited once at daemon start, before any job is adopted (default: nothing)."""
+
+    @abc.abstractmethod
     async def start(self, job: Job) -> dict[str, Any]:
         """Start the engine of a prepared job; what the store keeps to find it again."""
 
+    @abc.abstractmethod
     async def adopt(self, job: Job) -> bool:
         """
         Follow the engine of a job again after a restart, from line
@@ -64,17 +78,55 @@ class Backend(Protocol):
         the backend still reports the lines it left and its exit.
         """
 
+    @abc.abstractmethod
     async def pause(self, job: Job) -> None: ...
 
+    @abc.abstractmethod
     async def resume(self, job: Job) -> None: ...
 
-    async def terminate(self, job: Job) -> None: ...
+    @abc.abstractmethod
+    async def terminate(self, job: Job) -> None:
+        """Graceful: the engine finishes its firing and exits."""
 
-    async def kill(self, job: Job) -> None: ...
+    @abc.abstractmethod
+    async def kill(self, job: Job) -> None:
+        """Forcible: the engine and everything it started."""
 
-    async def answer(self, job: Job, n: int, answer: dict[str, Any]) -> None: ...
+    @abc.abstractmethod
+    async def answer(self, job: Job, n: int, answer: dict[str, Any]) -> None:
+        """Deliver the answer to prompt C{n} of a waiting engine."""
 
-    async def usage(self, job: Job): ...
+    @abc.abstractmethod
+    async def usage(self, job: Job):
+        """The job's CPU seconds and memory now (a L{kree.backends.proctree.Usage})."""
 
+    async def usage_many(self, jobs: list[Job]) -> dict[str, Any]:
+        """L{usage} of several jobs, by id (default: one by one)."""
+        return {job.id: await self.usage(job) for job in jobs}
+
+    @abc.abstractmethod
+    async def wait_exited(self, job_id: str) -> None:
+        """Returns once the job's engine is gone (at once if it is not running)."""
+
+    @abc.abstractmethod
     async def detach(self) -> None:
         """Stop following every engine and leave it running (daemon shutdown)."""
+
+    def untracked(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        """
+        Jobs this backend still runs for KREE that it does not follow, by job
+        id, each with how to cancel it (default: none).
+        """
+        return {}
+
+    async def status(self) -> dict[str, Any]:
+        """What kree-admin status shows of this backend, besides its job counts."""
+        return {}
+
+    async def test_submission(self, resources: dict[str, Any]) -> tuple[str | None, str | None]:
+        """
+        Whether and when a job with these resources would start, without
+        submitting one: (expected start, None), or (None, why it cannot run).
+        Default: (None, None), no estimate and no refusal.
+        """
+        return None, None

@@ -33,8 +33,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from kree.backends import EngineObserver, proctree
+from kree.backends import Backend, EngineObserver, proctree
 from kree.backends.eventfile import EventTail, write_answer_file
+from kree.engines import MOML
 from kree.records import Job
 
 # How often an adopted engine (no pipe to wake us) is checked, in seconds.
@@ -134,9 +135,10 @@ class LocalEngine:
         self.wake()
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     name = "local"
-    batch = False
+    # One scan of /proc samples every job (usage_many).
+    samples_together = True
     log = Logger()
 
     def __init__(self, reactor, observer: EngineObserver, *, python: str = sys.executable) -> None:
@@ -179,7 +181,7 @@ class LocalBackend:
         engine.process = process
         try:
             transport = self.reactor.spawnProcess(
-                process, self.python, [self.python, "-m", "kree.engine", "run", str(job_dir)],
+                process, self.python, MOML.run_command(job_dir, python=self.python),
                 env=self._environment(job), path=str(job_dir),
                 childFDs={0: "w", 1: log_fd, 2: log_fd, 3: "r"},
             )

@@ -52,7 +52,6 @@ import math
 import os
 import pwd
 import re
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -63,8 +62,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from kree.backends import Backend
 from kree.backends.eventfile import EventTail, write_answer_file
 from kree.backends.proctree import Usage
+from kree.engines import MOML
 from kree.errors import KreeError
 from kree.records import Job
 from kree.states import JobState
@@ -276,7 +277,7 @@ class SlurmJob:
     done: Deferred = attrs.field(factory=Deferred)
 
 
-class SlurmBackend:
+class SlurmBackend(Backend):
     """
     @param settings: the C{[slurm]} section (L{kree.config.SlurmConfig}).
     """
@@ -569,8 +570,7 @@ class SlurmBackend:
         script.write_text(
             "#!/bin/sh\n"
             f"# KREE job {job_id}, submitted to Slurm by kreed.\n"
-            f"exec {shlex.quote(self.python)} -m kree.engine run --no-events-fd "
-            f"{shlex.quote(str(job_dir))}\n")
+            f"{MOML.run_script_line(job_dir, python=self.python)}\n")
         script.chmod(0o700)
         return script
 

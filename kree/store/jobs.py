@@ -519,37 +519,24 @@ class JobsStore:
         conn.execute(inputs.update().where(inputs.c.job_id == job_id, inputs.c.name == name)
                      .values(status="failed"))
 
-    # -- changes allowed only while NEW ----------------------------------------
+    # -- editing (the job service allows it only while NEW) ----------------------
 
-    async def update_new(self, job_id: str, **kwargs) -> JobDetail:
-        return await self._pool.run(self.update_new_thd, job_id, **kwargs)
-
-    def update_new_thd(
+    def edit_thd(
         self,
         conn,
         job_id: str,
         *,
-        what: str,
-        frontend_id: int | None = None,
         parameters: dict[str, Any] | None = None,
         inputs: dict[str, str] | None = None,
         resources: dict[str, Any] | None = None,
         backend: str | None = None,
         job_dir: str | None = None,
-    ) -> JobDetail:
+    ) -> None:
         """
         Change parameters (merged; None removes one), inputs or resources
-        (replaced, with the backend and job directory they imply) of a job
-        that is still NEW; the state check and the change are one transaction.
-
-        @param what: the change, for the error message ("set parameters").
-        @raise InvalidTransition: the job is no longer NEW.
+        (replaced, with the backend and job directory they imply), inside the
+        caller's transaction, which has locked the job and checked its state.
         """
-        job = self.get_thd(conn, job_id, frontend_id, lock=True)
-        if job.state is not JobState.NEW:
-            raise InvalidTransition(
-                job.state, what, f"cannot {what} of a job in state {job.state}: only while NEW"
-            )
         if parameters:
             self.set_parameters_thd(conn, job_id, parameters)
         for name, uri in (inputs or {}).items():
@@ -562,7 +549,6 @@ class JobsStore:
                         **({"backend": backend} if backend else {}),
                         **({"job_dir": job_dir} if job_dir else {}))
             )
-        return self.get_detail_thd(conn, job_id)
 
     # -- delete -------------------------------------------------------------
 

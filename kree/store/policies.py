@@ -12,16 +12,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from kree.engine.policy import valid_policy
-from kree.errors import InvalidRequest
 from kree.store import model
 from kree.store.events import utcnow
-
-
-def check_rule(rule: str) -> str:
-    if valid_policy(rule):
-        return rule
-    raise InvalidRequest(f"policy {rule!r} is not allow, replace:<Class>, remove or reject")
 
 
 class PoliciesStore:
@@ -42,7 +34,6 @@ class PoliciesStore:
 
     def set_thd(self, conn, actor_class: str, rule: str,
                 now: datetime.datetime | None = None) -> None:
-        check_rule(rule)
         table = model.actor_policies
         conn.execute(table.delete().where(table.c.actor_class == actor_class))
         conn.execute(table.insert().values(actor_class=actor_class, policy=rule,

@@ -1,0 +1,60 @@
+"""
+Engine kinds, as the daemon sees them: which programs run workflows and how
+each is started.  The engines themselves (kree.engine for MoML) are separate
+programs that never import the daemon (the import contracts say so); this
+module is the daemon's one place that knows their command lines.
+
+An L{EngineKind} builds every command the daemon runs of it: C{run} for a job directory (the local and the
+Slurm backends), C{validate} for the workflow check (kree.validation), and
+the information commands (C{actors}, C{software}) behind GET /v1/capabilities
+and kree-admin.  Today there is one kind, MoML (Ptolemy II / Kepler models);
+CWL comes next, and with a second kind, recognising which kind a document is.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import attrs
+
+
+@attrs.frozen
+class EngineKind:
+    #: Its name in job records and messages ("moml").
+    name: str
+    #: The Python module that is the engine program (run with C{python -m}).
+    module: str
+
+    def command(self, verb: str, *args: str, python: str | None = None) -> list[str]:
+        """C{python -m MODULE VERB ARGS...}: any engine command, as an argument list."""
+        return [python or sys.executable, "-m", self.module, verb, *args]
+
+    def run_command(self, job_dir: Path | str, *, python: str | None = None,
+                    events_fd: bool = True) -> list[str]:
+        """
+        Run the job in C{job_dir}; with C{events_fd}, the engine also writes
+        its events to fd 3 (the local backend reads them there); without, only
+        to events.jsonl (batch systems, where no pipe reaches the node).
+        """
+        return self.command("run", *(() if events_fd else ("--no-events-fd",)), str(job_dir),
+                            python=python)
+
+    def run_script_line(self, job_dir: Path | str, *, python: str | None = None) -> str:
+        """The C{exec} line of a batch script that runs the job (no events fd)."""
+        return "exec " + shlex.join(self.run_command(job_dir, python=python, events_fd=False))
+
+    def validate_command(self, document: Path | str, *, max_memory_bytes: int,
+                         python: str | None = None) -> list[str]:
+        """Check a document against the policy given on stdin, in a session of its own."""
+        return self.command("validate", str(document), "--policy", "-",
+                            "--max-memory", str(max_memory_bytes), "--new-session",
+                            python=python)
+
+
+#: Ptolemy II and Kepler models (MoML), run by kree.engine.
+MOML = EngineKind(name="moml", module="kree.engine")
+
+#: Every engine kind, by name.
+ENGINE_KINDS: dict[str, EngineKind] = {MOML.name: MOML}
