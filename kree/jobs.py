@@ -2,8 +2,12 @@
 The job service: the only writer of job state.
 
 The API, the supervisor and the admin console all change jobs through
-L{JobService}, and its use cases are theirs: deleting a job (the record, then
-the engine, then the directory) and purging old ones are written here once.  Each change is one store transaction that checks the state
+L{JobService}, and its use cases are theirs, written here once: submitting a
+job (L{Submission}: the workflow fetched and checked, the job created and
+queued in one transaction), editing one while NEW, deleting one (the record,
+then the engine, then the directory) and purging old ones.  A dialect parses
+its request into these records and renders what comes back; none of them
+knows HTTP.  Each change is one store transaction that checks the state
 machine (L{kree.states}), writes the job and appends its event; only after
 the commit are observers told (the supervisor to act, kree.events to deliver,
 long polls to wake).  An observer that fails is logged and never undoes the
@@ -15,23 +19,71 @@ from __future__ import annotations
 import datetime
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Awaitable, Callable, Iterable, Protocol
 
+import attrs
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from kree.errors import InvalidRequest, InvalidTransition, JobNotFound, KreeError
 from kree.ids import new_job_id
+from kree import jobspec
 from kree.jobspec import InvalidJobSpec
 from kree.records import Event, Job, JobDetail, Message
 from kree.states import Action, JobState
 from kree.store.events import append_thd
+from kree.validation import InvalidWorkflow
 
 EventObserver = Callable[[Event], None]
 #: Told how far a purge has got: (done, total).
 PurgeProgress = Callable[[int, int], None]
 #: The states a purge may take: NEW and the terminal ones.
 PURGEABLE = frozenset({JobState.NEW} | {state for state in JobState if state.terminal})
+
+
+#: Wraps costly work that has no use once nobody waits for it (a workflow
+#: check), cancelling it when the client goes away (C{Call.while_connected}).
+Guard = Callable[[Awaitable[Any]], Awaitable[Any]]
+
+
+@attrs.frozen
+class Submission:
+    """A new job as a dialect asks for it, its fields already parsed (kree.jobspec)."""
+
+    frontend_id: int
+    workflow: str
+    user: str | None = None
+    parameters: dict[str, Any] = attrs.field(factory=dict)
+    inputs: dict[str, str] = attrs.field(factory=dict)
+    resources: dict[str, Any] = attrs.field(factory=dict)
+    #: Queue it at once (in the same transaction as its creation).
+    queue: bool = False
+
+
+class WorkflowSource(Protocol):
+    """Where workflows come from (kree.fetch.Fetcher)."""
+
+    async def fetch(self, uri: str) -> Any: ...
+
+    def cache_path(self, sha256: str) -> Path: ...
+
+
+class WorkflowCheck(Protocol):
+    """The engine's check of a workflow (kree.validation.WorkflowChecker)."""
+
+    async def check(self, path: Path, sha256: str, policy: dict[str, str]) -> Any: ...
+
+
+def check_parameter_names(checked, parameters: dict[str, Any]) -> None:
+    """
+    @raise InvalidJobSpec: C{invalid_parameter}, a name the checked workflow
+        does not have (422).
+    """
+    unknown = sorted(name for name in parameters if name not in checked.parameters)
+    if unknown:
+        raise InvalidJobSpec("invalid_parameter",
+                             f"the workflow has no parameter {', '.join(unknown)}",
+                             unknown=unknown)
 
 
 class EngineRelease(Protocol):
@@ -45,9 +97,13 @@ class JobService:
 
     def __init__(self, store, reactor, jobs_dir: Path, *,
                  job_roots: dict[str, Path] | None = None,
-                 default_backend: str = "local") -> None:
+                 default_backend: str = "local",
+                 workflows: WorkflowSource | None = None,
+                 checker: WorkflowCheck | None = None) -> None:
         """
         @param jobs_dir: where job directories go.
+        @param workflows: fetches workflows, for L{submit}.
+        @param checker: checks them, for L{submit} and L{workflow_check_of}.
         @param job_roots: per backend, where its jobs' directories go instead
             (a Slurm job's must be on a file system the compute nodes share);
             its keys are the backends this server offers (default: local).
@@ -59,6 +115,8 @@ class JobService:
         self._default_backend = default_backend
         self._observers: list[EventObserver] = []
         self._engines: EngineRelease | None = None
+        self._workflows = workflows
+        self._checker = checker
 
     def attach_engines(self, engines: EngineRelease) -> None:
         """The supervisor, built after this service, releases engines for deletes."""
@@ -143,6 +201,78 @@ class JobService:
         )
         self._notify(event)
         return job
+
+    async def submit(self, submission: Submission, *, guard: Guard | None = None) -> JobDetail:
+        """
+        A new job: its workflow fetched (a conditional request when cached)
+        and checked by the engine, with its parameter names, so a frontend
+        hears about a bad workflow at once; then the job created, and queued
+        if asked, in one transaction.
+
+        @param guard: wraps the check (see L{Guard}).
+        @raise InvalidJobSpec: C{workflow_not_found} (an upload the frontend
+            did not make, or one purged from the cache), C{invalid_parameter}.
+        @raise kree.fetch.FetchError: the workflow cannot be fetched.
+        @raise kree.validation.InvalidWorkflow: the workflow cannot run.
+        """
+        workflow = submission.workflow
+        uploaded = jobspec.uploaded_workflow_sha256(workflow)
+        if uploaded is not None and (
+                not await self._store.ownership.uploaded(submission.frontend_id, uploaded)
+                or await self._store.cache.get(workflow) is None):
+            raise InvalidJobSpec("workflow_not_found",
+                                 f"no uploaded workflow {workflow}: upload it with "
+                                 "POST /v1/workflows", workflow=workflow)
+        fetched = await self._workflows.fetch(workflow)
+        checked = await self.check_workflow(fetched.path, fetched.sha256, guard=guard)
+        check_parameter_names(checked, submission.parameters)
+        job_id = new_job_id(self._reactor.seconds())
+        backend, job_dir = self.placement(job_id, submission.resources)
+        detail, events = await self._store.pool.run(
+            self._submit_thd, submission, job_id, backend, job_dir, fetched.sha256, self.now())
+        self.log.info("job {job_id} created by frontend {frontend} for {workflow}{queued}",
+                      job_id=job_id, frontend=submission.frontend_id, workflow=workflow,
+                      queued=", and queued" if submission.queue else "")
+        for event in events:
+            self._notify(event)
+        return detail
+
+    def _submit_thd(self, conn, submission, job_id, backend, job_dir, sha256, now):
+        jobs = self._store.jobs
+        job, created = jobs.create_thd(
+            conn, job_id=job_id, frontend_id=submission.frontend_id,
+            workflow_uri=submission.workflow, backend=backend, job_dir=job_dir,
+            user=submission.user, parameters=submission.parameters, inputs=submission.inputs,
+            resources=submission.resources, priority=submission.resources.get("priority", 0),
+            workflow_sha256=sha256, now=now)
+        events = [created]
+        if submission.queue:
+            _, queued = jobs.transition_thd(conn, job_id, Action.QUEUE,
+                                            reason="queued at creation", now=now)
+            events.append(queued)
+        return jobs.get_detail_thd(conn, job_id), events
+
+    async def check_workflow(self, path: Path, sha256: str, *, guard: Guard | None = None):
+        """
+        The engine's check of a workflow under the admin's actor policy.
+
+        @raise kree.validation.InvalidWorkflow: it cannot run (its problems in
+            C{details.problems}).
+        """
+        policy = await self._store.policies.all()
+        work = self._checker.check(path, sha256, policy)
+        checked = await (guard(work) if guard is not None else work)
+        if not checked.valid:
+            raise InvalidWorkflow("the workflow cannot run: " + "; ".join(checked.problems[:10]),
+                                  problems=checked.problems)
+        return checked
+
+    async def workflow_check_of(self, job: Job, *, guard: Guard | None = None):
+        """The check of the workflow version a job was created with (cached); None if unknown."""
+        if job.workflow_sha256 is None:
+            return None
+        return await self.check_workflow(self._workflows.cache_path(job.workflow_sha256),
+                                         job.workflow_sha256, guard=guard)
 
     async def edit_new(
         self,

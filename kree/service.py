@@ -140,14 +140,15 @@ class KreeDaemon(AsyncMultiService):
         StoreService(self.store).setServiceParent(self)
         if dev:
             DevCredentialsService(config, self.store, reactor).setServiceParent(self)
-        self.jobs = JobService(
-            self.store, reactor, config.jobs_dir,
-            job_roots={name: config.job_root(name) for name in config.backends},
-            default_backend=config.supervisor.default_backend)
         self.fetcher = Fetcher(config, self.store, reactor,
                                freshness_seconds=config.fetch.freshness_seconds)
         self.uploader = OutputUploader(config, reactor)
         self.checker = WorkflowChecker(reactor, limits=config.validation)
+        self.jobs = JobService(
+            self.store, reactor, config.jobs_dir,
+            job_roots={name: config.job_root(name) for name in config.backends},
+            default_backend=config.supervisor.default_backend,
+            workflows=self.fetcher, checker=self.checker)
         self.supervisor = Supervisor(config, self.store, self.jobs, reactor,
                                      fetcher=self.fetcher, uploader=self.uploader,
                                      stop_jobs_on_exit=stop_jobs_on_exit)

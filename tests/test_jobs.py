@@ -1,5 +1,6 @@
 """The job service: the one write path for state, its observers, and deleting jobs."""
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -8,8 +9,14 @@ from twisted.internet import reactor
 from twisted.logger import globalLogPublisher
 
 from kree.errors import InvalidRequest, InvalidTransition, JobNotFound
-from kree.jobs import JobService
+from kree.config import load_config
+from kree.fetch import Fetcher, FetchError
+from kree.jobs import JobService, Submission
+from kree.jobspec import InvalidJobSpec
 from kree.states import Action, JobState
+from kree.validation import WorkflowChecker
+
+WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 
 
 @pytest.fixture
@@ -149,3 +156,53 @@ async def test_editing_a_new_job_is_an_event_and_only_while_new(service, store, 
     with pytest.raises(JobNotFound):
         await service.edit_new(job.id, frontend_id=frontend.id + 1, resources={})
     assert seen == [] and (await store.jobs.get_detail(job.id, None)).parameters == {".m.b": 2}
+
+
+# -- submitting: the real fetcher and the engine's real check ---------------------------
+
+@pytest_twisted.async_yield_fixture
+async def submitting(store, tmp_path):
+    """A job service that fetches from the repository's workflows/ and checks with the engine."""
+    config_path = tmp_path / "kree.toml"
+    config_path.write_text(f'state_dir = "{tmp_path / "state"}"\n[fetch]\n'
+                           f'file_roots = ["{WORKFLOWS}"]\n')
+    config = load_config(config_path)
+    fetcher = Fetcher(config, store, reactor)
+    yield JobService(store, reactor, tmp_path / "jobs", workflows=fetcher,
+                     checker=WorkflowChecker(reactor))
+    await fetcher.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_submit_checks_then_creates_and_queues_in_one_go(submitting, store, frontend):
+    seen = []
+    submitting.add_observer(seen.append)
+    detail = await submitting.submit(Submission(
+        frontend_id=frontend.id, workflow=(WORKFLOWS / "hello.xml").as_uri(), user="ada",
+        resources={"priority": 3}, queue=True))
+    job = detail.job
+    assert (job.state, job.priority, job.user) == (JobState.QUEUED, 3, "ada")
+    assert job.workflow_sha256 == hashlib.sha256((WORKFLOWS / "hello.xml").read_bytes()).hexdigest()
+    assert [(e.seq, e.type) for e in seen] == [(1, "job.created"), (2, "job.state")]
+    assert seen[1].data["reason"] == "queued at creation"
+    checked = await submitting.workflow_check_of(job)
+    assert checked.valid and checked.parameters
+
+
+@pytest_twisted.ensureDeferred
+async def test_submit_refuses_before_storing_anything(submitting, store, frontend):
+    hello = (WORKFLOWS / "hello.xml").as_uri()
+    with pytest.raises(InvalidJobSpec) as caught:
+        await submitting.submit(Submission(frontend_id=frontend.id, workflow=hello,
+                                           parameters={".hello.NoSuchActor.x": 1}))
+    assert caught.value.code == "invalid_parameter"
+    assert caught.value.details == {"unknown": [".hello.NoSuchActor.x"]}
+    # Another frontend's upload (or none at all) is not found.
+    with pytest.raises(InvalidJobSpec) as caught:
+        await submitting.submit(Submission(frontend_id=frontend.id,
+                                           workflow="kree:workflow/" + "ab" * 32))
+    assert caught.value.code == "workflow_not_found"
+    with pytest.raises(FetchError):
+        await submitting.submit(Submission(frontend_id=frontend.id,
+                                           workflow=(WORKFLOWS / "missing.xml").as_uri()))
+    assert await store.jobs.list(frontend_id=frontend.id, limit=10) == []

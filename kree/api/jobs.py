@@ -23,6 +23,7 @@ from kree import jobdir, jobspec, outputs, prompts
 from kree.api.resource import ALREADY_WRITTEN, ApiError, Call, Response, Router
 from kree.errors import InvalidRequest, JobNotFound
 from kree.ids import looks_like_job_id
+from kree.jobs import Submission, check_parameter_names
 from kree.records import Job, JobDetail, Message, isoformat
 from kree.states import Action, JobState
 
@@ -127,13 +128,11 @@ def _read_uploads(job_dir: Path):
 
 
 class JobsApi:
-    def __init__(self, store, jobs, supervisor, waiters, reactor, threadpool, *, fetcher,
-                 checker, allowed_hosts: list[str],
+    def __init__(self, store, jobs, supervisor, waiters, reactor, threadpool, *,
+                 allowed_hosts: list[str],
                  walltime: jobspec.WalltimeLimits = jobspec.WalltimeLimits()) -> None:
         self._walltime = walltime
         self._allowed_hosts = allowed_hosts
-        self._fetcher = fetcher
-        self._checker = checker
         self._store = store
         self._jobs = jobs
         self._supervisor = supervisor
@@ -185,35 +184,13 @@ class JobsApi:
         queue = body.get("queue", False)
         if not isinstance(queue, bool):
             raise ApiError(422, "invalid_request", "queue must be true or false")
-        uploaded = jobspec.uploaded_workflow_sha256(workflow)
-        if uploaded is not None and (
-                not await self._store.ownership.uploaded(call.frontend.id, uploaded)
-                or await self._store.cache.get(workflow) is None):
-            raise ApiError(422, "workflow_not_found",
-                           f"no uploaded workflow {workflow}: upload it with POST /v1/workflows",
-                           workflow=workflow)
-        # Fetch (a conditional request when cached) and check it now, so a
-        # frontend hears about a bad workflow or parameter at once.
-        fetched = await self._fetcher.fetch(workflow)
-        checked = await self._check(call, fetched.path, fetched.sha256)
-        self._check_parameter_names(checked, parameters)
-        sha256 = fetched.sha256
-        job = await self._jobs.create(
-            call.frontend.id,
-            workflow,
-            user=call.user,
-            parameters=parameters,
-            inputs=inputs,
-            resources=resources,
-            priority=resources.get("priority", 0),
-            workflow_sha256=sha256,
-        )
-        if queue:
-            await self._jobs.apply(job.id, Action.QUEUE, reason="queued at creation",
-                                   frontend_id=call.frontend.id)
-        detail = await self._store.jobs.get_detail(job.id, call.frontend.id)
+        detail = await self._jobs.submit(
+            Submission(frontend_id=call.frontend.id, workflow=workflow, user=call.user,
+                       parameters=parameters, inputs=inputs, resources=resources,
+                       queue=queue),
+            guard=call.while_connected)
         return Response(201, job_record(detail, self._jobs.now()),
-                        {"location": f"/v1/jobs/{job.id}"}, job_id=job.id)
+                        {"location": f"/v1/jobs/{detail.job.id}"}, job_id=detail.job.id)
 
     def _check_resources(self, value) -> dict[str, Any]:
         """Checked resources (a walltime at most [supervisor] max_walltime_seconds)."""
@@ -221,30 +198,6 @@ class JobsApi:
         if "outputs_to" in resources:
             outputs.check_outputs_to(resources["outputs_to"], self._allowed_hosts)
         return resources
-
-    async def _check(self, call: Call, path, sha256: str):
-        """The engine's check; killed if the client goes away meanwhile."""
-        policy = await self._store.policies.all()
-        checked = await call.while_connected(self._checker.check(path, sha256, policy))
-        if not checked.valid:
-            raise ApiError(422, "invalid_workflow", "the workflow cannot run: "
-                           + "; ".join(checked.problems[:10]), problems=checked.problems)
-        return checked
-
-    @staticmethod
-    def _check_parameter_names(checked, parameters: dict[str, Any]) -> None:
-        unknown = sorted(name for name in parameters if name not in checked.parameters)
-        if unknown:
-            raise ApiError(422, "invalid_parameter",
-                           f"the workflow has no parameter {', '.join(unknown)}",
-                           unknown=unknown)
-
-    async def _checked_for(self, call: Call, job: Job):
-        """The check of the workflow version a job was created with (cached)."""
-        if job.workflow_sha256 is None:
-            return None
-        path = self._fetcher.cache_path(job.workflow_sha256)
-        return await self._check(call, path, job.workflow_sha256)
 
     async def list(self, call: Call) -> dict[str, Any]:
         state = call.query("state")
@@ -295,7 +248,7 @@ class JobsApi:
     async def get_parameters(self, call: Call) -> dict[str, Any]:
         job = await self._job(call)
         detail = await self._store.jobs.get_detail(job.id, call.frontend.id)
-        checked = await self._checked_for(call, job)
+        checked = await self._jobs.workflow_check_of(job, guard=call.while_connected)
         defaults = {name: row["default"] for name, row in (checked.parameters if checked else {}).items()}
         return {"id": job.id, "parameters": detail.parameters, "defaults": defaults}
 
@@ -303,9 +256,9 @@ class JobsApi:
         job = await self._job(call)
         body = call.json_object()
         parameters = jobspec.check_parameters(body.get("parameters", body), allow_null=True)
-        checked = await self._checked_for(call, job)
+        checked = await self._jobs.workflow_check_of(job, guard=call.while_connected)
         if checked is not None:
-            self._check_parameter_names(checked, {k: v for k, v in parameters.items()
+            check_parameter_names(checked, {k: v for k, v in parameters.items()
                                                   if v is not None})
         detail = await self._jobs.edit_new(job.id, frontend_id=call.frontend.id,
                                            parameters=parameters)
