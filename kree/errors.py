@@ -54,6 +54,13 @@ class JobNotFound(KreeError):
         self.job_id = job_id
 
 
+class NotWaiting(KreeError):
+    """Asking for (or answering) the prompt of a job that is not WAITING for input."""
+
+    status = 409
+    code = "not_waiting"
+
+
 class FrontendNotFound(KreeError):
     status = 404
     code = "frontend_not_found"

@@ -25,9 +25,9 @@ import attrs
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from kree.errors import InvalidRequest, InvalidTransition, JobNotFound, KreeError
-from kree.ids import new_job_id
-from kree import jobspec
+from kree.errors import InvalidRequest, InvalidTransition, JobNotFound, KreeError, NotWaiting
+from kree.ids import looks_like_job_id, new_job_id
+from kree import jobspec, prompts
 from kree.jobspec import InvalidJobSpec
 from kree.records import Event, Job, JobDetail, Message
 from kree.states import Action, JobState
@@ -91,6 +91,10 @@ class EngineRelease(Protocol):
 
     async def release(self, job: Job) -> None: ...
 
+    async def answer(self, job: Job, n: int, answers: dict[str, Any], *,
+                     frontend_id: int | None) -> Job:
+        """Deliver answers to the waiting engine; the job is RUNNING again."""
+
 
 class JobService:
     log = Logger()
@@ -119,8 +123,79 @@ class JobService:
         self._checker = checker
 
     def attach_engines(self, engines: EngineRelease) -> None:
-        """The supervisor, built after this service, releases engines for deletes."""
+        """The supervisor, built after this service: it releases and answers engines."""
         self._engines = engines
+
+    # -- reads ----------------------------------------------------------------------
+
+    async def get(self, job_id: str, *, frontend_id: int | None = None) -> Job:
+        """
+        A job (of this frontend, if given).
+
+        @raise JobNotFound: no such job, or not this frontend's, or not even
+            a job id's shape.
+        """
+        if not looks_like_job_id(job_id):
+            raise JobNotFound(job_id)
+        return await self._store.jobs.get(job_id, frontend_id)
+
+    async def detail(self, job_id: str, *, frontend_id: int | None = None) -> JobDetail:
+        """A job with its parameters and inputs."""
+        if not looks_like_job_id(job_id):
+            raise JobNotFound(job_id)
+        return await self._store.jobs.get_detail(job_id, frontend_id)
+
+    async def list(self, frontend_id: int, *, state=None, user: str | None = None,
+                   created_after: datetime.datetime | None = None, after: str | None = None,
+                   limit: int) -> tuple[list[Job], str | None]:
+        """A page of a frontend's jobs, oldest first, and the cursor of the next (or None)."""
+        jobs = await self._store.jobs.list(frontend_id=frontend_id, state=state, user=user,
+                                           created_after=created_after, after=after,
+                                           limit=limit + 1)
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        return jobs, (jobs[-1].id if more else None)
+
+    async def events(self, job_id: str, after: int, limit: int) -> list[Event]:
+        """A job's events after seq C{after}, at most C{limit}."""
+        return await self._store.events.list_for_job(job_id, after, limit)
+
+    async def messages(self, job_id: str, after: int, limit: int) -> list[Message]:
+        """A job's messages after id C{after}, at most C{limit}."""
+        return await self._store.jobs.list_messages(job_id, after, limit)
+
+    # -- prompts ----------------------------------------------------------------------
+
+    async def prompt(self, job: Job) -> dict[str, Any]:
+        """
+        What a WAITING job asks (its last C{job.waiting} event's data: the
+        prompt and its number C{n}).
+
+        @raise NotWaiting: the job is not WAITING, or its prompt is not recorded.
+        """
+        if job.state is not JobState.WAITING:
+            raise NotWaiting(f"job is {job.state}, not WAITING for input",
+                             state=job.state.value)
+        events = await self._store.events.list_for_job(job.id, max(0, job.last_seq - 200), 200)
+        asked = [e for e in events if e.type == "job.waiting"]
+        if not asked:
+            raise NotWaiting("job is WAITING but its prompt is not recorded",
+                             state=job.state.value)
+        return asked[-1].data
+
+    async def answer(self, job_id: str, body: Any, *, frontend_id: int | None = None) -> Job:
+        """
+        Answer a WAITING job's prompt with C{body} (checked against the
+        prompt's fields, L{kree.prompts.check_answer}); the job is RUNNING again.
+
+        @raise NotWaiting: it is not waiting.
+        @raise kree.prompts.InvalidAnswer: the answers do not fit the prompt (422).
+        """
+        job = await self.get(job_id, frontend_id=frontend_id)
+        waiting = await self.prompt(job)
+        answers = prompts.check_answer(waiting.get("prompt"), body)
+        return await self._engines.answer(job, waiting.get("n"), answers,
+                                          frontend_id=frontend_id)
 
     @property
     def backends(self) -> tuple[str, ...]:

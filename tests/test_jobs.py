@@ -8,7 +8,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.logger import globalLogPublisher
 
-from kree.errors import InvalidRequest, InvalidTransition, JobNotFound
+from kree.errors import InvalidRequest, InvalidTransition, JobNotFound, NotWaiting
 from kree.config import load_config
 from kree.fetch import Fetcher, FetchError
 from kree.jobs import JobService, Submission
@@ -206,3 +206,24 @@ async def test_submit_refuses_before_storing_anything(submitting, store, fronten
         await submitting.submit(Submission(frontend_id=frontend.id,
                                            workflow=(WORKFLOWS / "missing.xml").as_uri()))
     assert await store.jobs.list(frontend_id=frontend.id, limit=10) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_reads_page_and_stay_within_the_frontend(service, frontend, other_frontend):
+    made = [await service.create(frontend.id, "kree:workflow/abc") for _ in range(3)]
+    await service.create(other_frontend.id, "kree:workflow/abc")
+    first, following = await service.list(frontend.id, limit=2)
+    assert len(first) == 2 and following == first[-1].id
+    rest, following = await service.list(frontend.id, after=following, limit=2)
+    assert len(rest) == 1 and following is None
+    assert sorted(job.id for job in first + rest) == sorted(job.id for job in made)
+    assert (await service.detail(made[0].id, frontend_id=frontend.id)).job.id == made[0].id
+    for job_id in (made[0].id, "not a job id"):
+        with pytest.raises(JobNotFound):
+            await service.get(job_id, frontend_id=other_frontend.id)
+    assert [e.type for e in await service.events(made[0].id, 0, 10)] == ["job.created"]
+    assert await service.messages(made[0].id, 0, 10) == []
+    with pytest.raises(NotWaiting, match="job is NEW, not WAITING for input"):
+        await service.prompt(made[0])
+    with pytest.raises(NotWaiting):
+        await service.answer(made[0].id, {"name": "x"}, frontend_id=frontend.id)

@@ -19,10 +19,9 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.web import static
 from twisted.web.server import NOT_DONE_YET
 
-from kree import jobdir, jobspec, outputs, prompts
+from kree import jobdir, jobspec, outputs
 from kree.api.resource import ALREADY_WRITTEN, ApiError, Call, Response, Router
-from kree.errors import InvalidRequest, JobNotFound
-from kree.ids import looks_like_job_id
+from kree.errors import InvalidRequest
 from kree.jobs import Submission, check_parameter_names
 from kree.records import Job, JobDetail, Message, isoformat
 from kree.states import Action, JobState
@@ -128,14 +127,12 @@ def _read_uploads(job_dir: Path):
 
 
 class JobsApi:
-    def __init__(self, store, jobs, supervisor, waiters, reactor, threadpool, *,
+    def __init__(self, jobs, waiters, reactor, threadpool, *,
                  allowed_hosts: list[str],
                  walltime: jobspec.WalltimeLimits = jobspec.WalltimeLimits()) -> None:
         self._walltime = walltime
         self._allowed_hosts = allowed_hosts
-        self._store = store
         self._jobs = jobs
-        self._supervisor = supervisor
         self._waiters = waiters
         self._reactor = reactor
         self._threadpool = threadpool
@@ -165,10 +162,7 @@ class JobsApi:
         router.add("GET", "/v1/jobs/{id}/products/{name}", self.product)
 
     async def _job(self, call: Call) -> Job:
-        job_id = call.params["id"]
-        if not looks_like_job_id(job_id):
-            raise JobNotFound(job_id)
-        return await self._store.jobs.get(job_id, call.frontend.id)
+        return await self._jobs.get(call.params["id"], frontend_id=call.frontend.id)
 
     # -- create and list ------------------------------------------------------
 
@@ -218,23 +212,16 @@ class JobsApi:
         limit = call.query_int("limit", DEFAULT_PAGE, 1, MAX_PAGE)
         after = call.query("after")
         user = call.query("user") or call.user
-        jobs = await self._store.jobs.list(
-            frontend_id=call.frontend.id, state=state, user=user,
-            created_after=created_after, after=after, limit=limit + 1,
-        )
-        more = len(jobs) > limit
-        jobs = jobs[:limit]
+        jobs, following = await self._jobs.list(call.frontend.id, state=state, user=user,
+                                                created_after=created_after, after=after,
+                                                limit=limit)
         now = self._jobs.now()
-        return {
-            "jobs": [job_summary(job, now) for job in jobs],
-            "next": jobs[-1].id if more else None,
-        }
+        return {"jobs": [job_summary(job, now) for job in jobs], "next": following}
 
     # -- one job -------------------------------------------------------------------
 
     async def get(self, call: Call) -> dict[str, Any]:
-        job = await self._job(call)
-        detail = await self._store.jobs.get_detail(job.id, call.frontend.id)
+        detail = await self._jobs.detail(call.params["id"], frontend_id=call.frontend.id)
         return job_record(detail, self._jobs.now())
 
     async def state(self, call: Call) -> dict[str, Any]:
@@ -246,8 +233,8 @@ class JobsApi:
         return Response(204, None, job_id=job.id)
 
     async def get_parameters(self, call: Call) -> dict[str, Any]:
-        job = await self._job(call)
-        detail = await self._store.jobs.get_detail(job.id, call.frontend.id)
+        detail = await self._jobs.detail(call.params["id"], frontend_id=call.frontend.id)
+        job = detail.job
         checked = await self._jobs.workflow_check_of(job, guard=call.while_connected)
         defaults = {name: row["default"] for name, row in (checked.parameters if checked else {}).items()}
         return {"id": job.id, "parameters": detail.parameters, "defaults": defaults}
@@ -299,34 +286,20 @@ class JobsApi:
 
     # -- interaction -----------------------------------------------------------------
 
-    async def _prompt(self, job: Job) -> dict[str, Any]:
-        if job.state is not JobState.WAITING:
-            raise ApiError(409, "not_waiting", f"job is {job.state}, not WAITING for input",
-                           state=job.state.value)
-        events = await self._store.events.list_for_job(job.id, max(0, job.last_seq - 200), 200)
-        prompts = [e for e in events if e.type == "job.waiting"]
-        if not prompts:
-            raise ApiError(409, "not_waiting", "job is WAITING but its prompt is not recorded",
-                           state=job.state.value)
-        return prompts[-1].data
-
     async def get_input(self, call: Call) -> dict[str, Any]:
         job = await self._job(call)
-        return {"id": job.id, "prompt": await self._prompt(job)}
+        return {"id": job.id, "prompt": await self._jobs.prompt(job)}
 
     async def answer_input(self, call: Call) -> dict[str, Any]:
-        job = await self._job(call)
-        waiting = await self._prompt(job)
-        answers = prompts.check_answer(waiting.get("prompt"), call.json_body())
-        job = await self._supervisor.answer(job, waiting.get("n"), answers,
-                                            frontend_id=call.frontend.id)
+        job = await self._job(call)  # an unknown job is 404 before a bad body is 400
+        job = await self._jobs.answer(job.id, call.json_body(), frontend_id=call.frontend.id)
         return job_state(job, self._jobs.now())
 
     async def messages(self, call: Call) -> dict[str, Any]:
         job = await self._job(call)
         after = call.query_int("after", 0)
         limit = call.query_int("limit", 100, 1, MAX_PAGE)
-        messages = await self._store.jobs.list_messages(job.id, after, limit)
+        messages = await self._jobs.messages(job.id, after, limit)
         return {
             "id": job.id,
             "messages": [message_json(m) for m in messages],
@@ -342,10 +315,10 @@ class JobsApi:
         limit = call.query_int("limit", 100, 1, MAX_PAGE)
         wait = call.query_int("wait", 0, 0, 3600)
         waiter = self._waiters.waiter(job.id) if wait else None
-        events = await self._store.events.list_for_job(job.id, after, limit)
+        events = await self._jobs.events(job.id, after, limit)
         if waiter is not None:
             if not events and await self._waiters.until(waiter, min(wait, MAX_WAIT_SECONDS)):
-                events = await self._store.events.list_for_job(job.id, after, limit)
+                events = await self._jobs.events(job.id, after, limit)
             else:
                 self._waiters.forget(waiter)
         return {
@@ -385,7 +358,7 @@ class JobsApi:
         while not gone.called:
             waiter = self._waiters.waiter(job.id)
             waiting[:] = [waiter]
-            events = await self._store.events.list_for_job(job.id, after, MAX_PAGE)
+            events = await self._jobs.events(job.id, after, MAX_PAGE)
             if events:
                 self._waiters.forget(waiter)
                 for event in events:

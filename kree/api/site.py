@@ -26,7 +26,7 @@ def build_site(config, store, jobs, supervisor, reactor, fetcher, checker) -> Ap
     waiters = EventWaiters(reactor)
     jobs.add_observer(waiters.observe)
     router = Router()
-    JobsApi(store, jobs, supervisor, waiters, reactor, threadpool,
+    JobsApi(jobs, waiters, reactor, threadpool,
             allowed_hosts=config.fetch.allowed_hosts,
             walltime=jobspec.WalltimeLimits.from_config(config.supervisor)).register(router)
     WorkflowsApi(store, config.cache_dir, reactor, threadpool).register(router)
