@@ -7,17 +7,24 @@ module is the daemon's one place that knows their command lines.
 An L{EngineKind} builds every command the daemon runs of it: C{run} for a job directory (the local and the
 Slurm backends), C{validate} for the workflow check (kree.validation), and
 the information commands (C{actors}, C{software}) behind GET /v1/capabilities
-and kree-admin.  Today there is one kind, MoML (Ptolemy II / Kepler models);
+and kree-admin.  L{EngineCatalog} is what the engines offer, as
+GET /v1/capabilities shows it.  Today there is one kind, MoML (Ptolemy II / Kepler models);
 CWL comes next, and with a second kind, recognising which kind a document is.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import attrs
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import Logger
+
+from kree.errors import EngineUnavailable
 
 
 @attrs.frozen
@@ -58,3 +65,48 @@ MOML = EngineKind(name="moml", module="kree.engine")
 
 #: Every engine kind, by name.
 ENGINE_KINDS: dict[str, EngineKind] = {MOML.name: MOML}
+
+
+class EngineCatalog:
+    """
+    What the engine offers: its actor classes (asked of the engine program
+    once: it loads actor packages, the daemon does not), the admin's policy
+    over them, and the third-party software registry, which the engine fills
+    when it is empty (C{kree-admin software rescan} refreshes it, so it is
+    read each time).
+    """
+
+    log = Logger()
+
+    def __init__(self, store, reactor, kind: EngineKind = MOML) -> None:
+        self._store = store
+        self._reactor = reactor
+        self._kind = kind
+        self._actors: list[dict[str, Any]] | None = None
+
+    async def _ask(self, command: str) -> Any:
+        executable, *args = self._kind.command(command)
+        out, err, code = await getProcessOutputAndValue(executable, args, reactor=self._reactor)
+        if code != 0:
+            self.log.error("{module} {command} failed ({code}): {err}", module=self._kind.module,
+                           command=command, code=code, err=err.decode(errors="replace"))
+            raise EngineUnavailable(f"the workflow engine failed ({code})")
+        return json.loads(out)
+
+    async def capabilities(self) -> dict[str, Any]:
+        """
+        C{actors} (each with the policy that applies to it), C{policy} (the
+        admin's rules) and C{software}.
+
+        @raise EngineUnavailable: the engine could not be asked (503).
+        """
+        if self._actors is None:
+            self._actors = (await self._ask("actors"))["actors"]
+        software = await self._store.policies.software()
+        if not software:
+            software = await self._ask("software")
+            await self._store.policies.record_software(software)
+        policy = await self._store.policies.all()
+        actors = [{**actor, "policy": policy.get(actor["class"], actor["policy"])}
+                  for actor in self._actors]
+        return {"actors": actors, "policy": policy, "software": software}

@@ -61,6 +61,13 @@ class NotWaiting(KreeError):
     code = "not_waiting"
 
 
+class EngineUnavailable(KreeError):
+    """The engine program could not say what it offers (it failed to start or answer)."""
+
+    status = 503
+    code = "engine_unavailable"
+
+
 class FrontendNotFound(KreeError):
     status = 404
     code = "frontend_not_found"

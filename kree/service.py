@@ -18,13 +18,14 @@ from kree import __version__, credentials, pki
 from kree.admin.server import AdminSocketService
 from kree.api.site import ApiService
 from kree.config import Config
-from kree.fetch import Fetcher
-from kree.outputs import OutputUploader
-from kree.validation import WorkflowChecker
+from kree.engines import EngineCatalog
 from kree.events import DeliveryService
+from kree.fetch import Fetcher
 from kree.jobs import JobService
+from kree.outputs import OutputUploader
 from kree.store import Store
 from kree.supervisor import Supervisor
+from kree.validation import WorkflowChecker
 
 
 class AsyncMultiService(MultiService):
@@ -157,7 +158,8 @@ class KreeDaemon(AsyncMultiService):
         self.deliveries = DeliveryService(config, self.store, self.jobs, reactor)
         self.deliveries.setServiceParent(self)
         self.api = ApiService(config, self.store, self.jobs, self.supervisor, reactor,
-                              fetcher=self.fetcher, checker=self.checker)
+                              fetcher=self.fetcher, checker=self.checker,
+                              catalog=EngineCatalog(self.store, reactor))
         self.api.setServiceParent(self)
         AdminSocketService(self, config.admin_socket, reactor).setServiceParent(self)
 

@@ -9,13 +9,12 @@ import json
 from importlib import resources
 from typing import Any
 
-from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
 
 from kree import __version__, jobspec
 from kree.api.jobs import MAX_PAGE, MAX_WAIT_SECONDS
-from kree.api.resource import ApiError, Call, Router
-from kree.engines import MOML
+from kree.api.resource import Call, Router
+from kree.engines import EngineCatalog
 from kree.records import isoformat
 from kree.states import JobState
 
@@ -29,13 +28,11 @@ def openapi_document() -> dict[str, Any]:
 class InfoApi:
     log = Logger()
 
-    def __init__(self, config, jobs, store, reactor) -> None:
+    def __init__(self, config, jobs, catalog: EngineCatalog) -> None:
         self._config = config
         self._jobs = jobs
-        self._store = store
-        self._reactor = reactor
+        self._catalog = catalog
         self._openapi = openapi_document()
-        self._engine_info: dict[str, Any] | None = None
 
     def register(self, router: Router) -> None:
         router.add("GET", "/v1/service-info", self.service_info)
@@ -65,36 +62,9 @@ class InfoApi:
             },
         }
 
-    async def _engine(self, command: str) -> Any:
-        """Ask the engine program (it loads actor packages; the daemon does not)."""
-        executable, *args = MOML.command(command)
-        out, err, code = await getProcessOutputAndValue(executable, args, reactor=self._reactor)
-        if code != 0:
-            self.log.error("kree.engine {command} failed ({code}): {err}", command=command,
-                           code=code, err=err.decode(errors="replace"))
-            raise ApiError(503, "engine_unavailable", f"the workflow engine failed ({code})")
-        return json.loads(out)
-
     async def capabilities(self, call: Call) -> dict[str, Any]:
-        if self._engine_info is None:
-            self._engine_info = {"actors": (await self._engine("actors"))["actors"]}
-        # The registry is read each time: `kree-admin software rescan` updates it.
-        software = await self._store.policies.software()
-        if not software:
-            software = await self._engine("software")
-            await self._store.policies.record_software(software)
-        policy = await self._store.policies.all()
-        actors = [
-            {**actor, "policy": policy.get(actor["class"], actor["policy"])}
-            for actor in self._engine_info["actors"]
-        ]
-        return {
-            "engines": [ENGINE],
-            "actors": actors,
-            "policy": policy,
-            "software": software,
-            "backends": list(self._config.backends),
-        }
+        offered = await self._catalog.capabilities()
+        return {"engines": [ENGINE], **offered, "backends": list(self._config.backends)}
 
     async def openapi(self, call: Call) -> dict[str, Any]:
         return self._openapi

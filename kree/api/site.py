@@ -18,10 +18,12 @@ from kree.api.jobs import JobsApi
 from kree.api.resource import ApiResource, ApiSite, Router
 from kree.api.subscriptions import SubscriptionsApi
 from kree.api.workflows import WorkflowsApi
+from kree.engines import EngineCatalog
 from kree.events import EventWaiters
 
 
-def build_site(config, store, jobs, supervisor, reactor, fetcher, checker) -> ApiSite:
+def build_site(config, store, jobs, supervisor, reactor, fetcher, checker,
+               catalog: EngineCatalog) -> ApiSite:
     threadpool = reactor.getThreadPool()
     waiters = EventWaiters(reactor)
     jobs.add_observer(waiters.observe)
@@ -30,7 +32,7 @@ def build_site(config, store, jobs, supervisor, reactor, fetcher, checker) -> Ap
             allowed_hosts=config.fetch.allowed_hosts,
             walltime=jobspec.WalltimeLimits.from_config(config.supervisor)).register(router)
     WorkflowsApi(store, config.cache_dir, reactor, threadpool).register(router)
-    InfoApi(config, jobs, store, reactor).register(router)
+    InfoApi(config, jobs, catalog).register(router)
     SubscriptionsApi(config, store, reactor).register(router)
     FeasibilityApi(config, store, supervisor, fetcher, checker).register(router)
     return ApiSite(ApiResource(router, store), config.server.max_body_bytes, reactor,
@@ -43,7 +45,9 @@ class ApiService(Service):
 
     log = Logger()
 
-    def __init__(self, config, store, jobs, supervisor, reactor, *, fetcher, checker) -> None:
+    def __init__(self, config, store, jobs, supervisor, reactor, *, fetcher, checker,
+                 catalog: EngineCatalog) -> None:
+        self._catalog = catalog
         self._fetcher = fetcher
         self._checker = checker
         self._config = config
@@ -61,7 +65,7 @@ class ApiService(Service):
         options = tls.server_options(self._config)
         host, port = self._config.listen_host_port
         site = build_site(self._config, self._store, self._jobs, self._supervisor, self._reactor,
-                          self._fetcher, self._checker)
+                          self._fetcher, self._checker, self._catalog)
         endpoint = SSL4ServerEndpoint(self._reactor, port, options, interface=host)
         self.port = await endpoint.listen(site)
         self.log.info(
