@@ -1095,26 +1095,52 @@ def jobs_purge(config: Config, args) -> dict[str, Any]:
 
 
 def _purge_directly(config: Config, older_than: float, states: list[str], progress) -> dict:
-    """kreed is down: no engine runs, so ended jobs can go straight from the store."""
-    import shutil
-    from datetime import timedelta
+    """
+    kreed is down, so no engine runs: the job service purges as kreed's would
+    (each record with its job.deleted event, then its directory), on a
+    reactor run for this command alone.
+    """
+    from twisted.internet import reactor
 
-    with _database(config) as pool:
-        jobs = JobsStore(pool)
-        candidates = pool.run_in_thread(jobs.purgeable_thd, utcnow() - timedelta(seconds=older_than),
-                                        states)
-        progress({"done": 0, "total": len(candidates)})
-        purged = 0
-        for index, job in enumerate(candidates, 1):
-            try:
-                pool.run_in_thread(jobs.delete_thd, job.id)
-            except KreeError:
-                continue
-            shutil.rmtree(job.job_dir, ignore_errors=True)
-            purged += 1
-            if index % 50 == 0 or index == len(candidates):
-                progress({"done": index, "total": len(candidates)})
-    return {"purged": purged}
+    from kree.jobs import JobService
+    from kree.store import Store
+
+    with _database(config):
+        pass  # created if new, refused if behind its migrations
+    store = Store.from_url(config.store_url, reactor, pool_size=1,
+                           sqlite_synchronous=config.store.sqlite_synchronous)
+    service = JobService(store, reactor, config.jobs_dir)
+
+    async def purge() -> int:
+        store.start()
+        try:
+            return await service.purge(
+                older_than, [JobState(name) for name in states],
+                lambda done, total: progress({"done": done, "total": total}))
+        finally:
+            store.stop()
+
+    return {"purged": _on_a_reactor(purge)}
+
+
+def _on_a_reactor(work):
+    """Run the coroutine C{work()} on Twisted's reactor, once, and answer its result."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
+
+    outcome: list = []
+
+    def begin() -> None:
+        done = Deferred.fromCoroutine(work())
+        done.addBoth(outcome.append)
+        done.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(begin)
+    reactor.run(installSignalHandlers=False)
+    if isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+    return outcome[0]
 
 
 def _fail(args, message: str, code: int = EXIT_FAILED,
