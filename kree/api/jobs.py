@@ -1,9 +1,10 @@
 """
 The job endpoints of API v1 (DESIGN.md section 3).
 
-Every handler passes the calling frontend's id down to the store, so a job
-of another frontend is "not found" (404) on every endpoint, never 403.
-State actions go through the job service, the one writer of job state.
+A thin dialect over the job service (kree.jobs): each handler parses the
+request, calls one use case and renders its answer.  Every handler passes the
+calling frontend's id down, so a job of another frontend is "not found" (404)
+on every endpoint, never 403.
 """
 
 from __future__ import annotations
