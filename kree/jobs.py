@@ -291,15 +291,8 @@ class JobService:
         @raise kree.validation.InvalidWorkflow: the workflow cannot run.
         """
         workflow = submission.workflow
-        uploaded = jobspec.uploaded_workflow_sha256(workflow)
-        if uploaded is not None and (
-                not await self._store.ownership.uploaded(submission.frontend_id, uploaded)
-                or await self._store.cache.get(workflow) is None):
-            raise InvalidJobSpec("workflow_not_found",
-                                 f"no uploaded workflow {workflow}: upload it with "
-                                 "POST /v1/workflows", workflow=workflow)
-        fetched = await self._workflows.fetch(workflow)
-        checked = await self.check_workflow(fetched.path, fetched.sha256, guard=guard)
+        fetched, checked = await self.fetch_and_check(submission.frontend_id, workflow,
+                                                      guard=guard)
         check_parameter_names(checked, submission.parameters)
         job_id = new_job_id(self._reactor.seconds())
         backend, job_dir = self.placement(job_id, submission.resources)
@@ -326,6 +319,27 @@ class JobService:
                                             reason="queued at creation", now=now)
             events.append(queued)
         return jobs.get_detail_thd(conn, job_id), events
+
+    async def fetch_and_check(self, frontend_id: int, workflow: str, *,
+                              guard: Guard | None = None):
+        """
+        A workflow as a frontend may use it: (the fetch result, the engine's
+        check).  An uploaded one (C{kree:workflow/...}) must be the frontend's
+        own upload, so that nobody learns of another frontend's documents.
+
+        @raise InvalidJobSpec: C{workflow_not_found}.
+        @raise kree.fetch.FetchError: it cannot be fetched.
+        @raise kree.validation.InvalidWorkflow: it cannot run.
+        """
+        uploaded = jobspec.uploaded_workflow_sha256(workflow)
+        if uploaded is not None and (
+                not await self._store.ownership.uploaded(frontend_id, uploaded)
+                or await self._store.cache.get(workflow) is None):
+            raise InvalidJobSpec("workflow_not_found",
+                                 f"no uploaded workflow {workflow}: upload it with "
+                                 "POST /v1/workflows", workflow=workflow)
+        fetched = await self._workflows.fetch(workflow)
+        return fetched, await self.check_workflow(fetched.path, fetched.sha256, guard=guard)
 
     async def check_workflow(self, path: Path, sha256: str, *, guard: Guard | None = None):
         """

@@ -158,7 +158,6 @@ class KreeDaemon(AsyncMultiService):
         self.deliveries = DeliveryService(config, self.store, self.jobs, reactor)
         self.deliveries.setServiceParent(self)
         self.api = ApiService(config, self.store, self.jobs, self.supervisor, reactor,
-                              fetcher=self.fetcher, checker=self.checker,
                               catalog=EngineCatalog(self.store, reactor))
         self.api.setServiceParent(self)
         AdminSocketService(self, config.admin_socket, reactor).setServiceParent(self)

@@ -359,6 +359,11 @@ def test_uploads_are_per_frontend(portal, gateway):
     # gateway cannot use portal's upload, nor tell that it exists
     reply = gateway.post("/v1/jobs", {"workflow": first.json["uri"]})
     assert reply.status == 422 and reply.error == "workflow_not_found"
+    # ... not even through feasibility, which says what job creation says.
+    verdict = gateway.post("/v1/feasibility", {"workflow": first.json["uri"]}).json
+    assert not verdict["feasible"] and verdict["reasons"] == [
+        f"workflow: no uploaded workflow {first.json['uri']}: upload it with POST /v1/workflows"]
+    assert portal.post("/v1/feasibility", {"workflow": first.json["uri"]}).json["feasible"]
     assert gateway.post("/v1/workflows", body=document, headers=XML).status == 201
     assert gateway.post("/v1/jobs", {"workflow": first.json["uri"]}).status == 201
 

@@ -1,9 +1,9 @@
 """
 POST /v1/feasibility: "can you run this workflow with these inputs, and
 when?" (the IVOA Execution Broker's question), answered without creating a
-job.  The checks are those of job creation (the workflow fetched and
-validated by the engine with the admin's actor policy and the software here,
-parameter names), plus resources against this machine and the configured
+job.  The checks are those of job creation (JobService.fetch_and_check: an
+upload must be the frontend's own, the workflow fetched and validated by the
+engine with the admin's actor policy and the software here; parameter names), plus resources against this machine and the configured
 limits, and data locality: inputs already in the cache need no staging.
 For Slurm, C{sbatch --test-only} says whether the cluster would take the job
 and when it expects to start it.  A check that hits a C{[validation]} limit is
@@ -20,16 +20,15 @@ import psutil
 from kree import jobspec
 from kree.api.resource import ApiError, Call, Router
 from kree.errors import KreeError
-from kree.validation import CheckerBusy
+from kree.validation import CheckerBusy, InvalidWorkflow
 
 
 class FeasibilityApi:
-    def __init__(self, config, store, supervisor, fetcher, checker) -> None:
+    def __init__(self, config, store, jobs, supervisor) -> None:
         self._config = config
         self._store = store
+        self._jobs = jobs
         self._supervisor = supervisor
-        self._fetcher = fetcher
-        self._checker = checker
 
     def register(self, router: Router) -> None:
         router.add("POST", "/v1/feasibility", self.feasibility)
@@ -47,18 +46,15 @@ class FeasibilityApi:
         reasons: list[str] = []
 
         try:
-            fetched = await self._fetcher.fetch(workflow)
-            policy = await self._store.policies.all()
-            # Killed if the client goes away meanwhile.
-            checked = await call.while_connected(
-                self._checker.check(fetched.path, fetched.sha256, policy))
-            if not checked.valid:
-                reasons += [f"workflow: {problem}" for problem in checked.problems]
-            else:
-                reasons += [f"parameter {name}: the workflow has no such parameter"
-                            for name in sorted(parameters) if name not in checked.parameters]
+            # The checks of job creation; the check is killed if the client leaves.
+            _, checked = await self._jobs.fetch_and_check(call.frontend.id, workflow,
+                                                          guard=call.while_connected)
+            reasons += [f"parameter {name}: the workflow has no such parameter"
+                        for name in sorted(parameters) if name not in checked.parameters]
         except CheckerBusy:
             raise  # 503: no verdict, the client should ask again
+        except InvalidWorkflow as e:
+            reasons += [f"workflow: {problem}" for problem in e.details.get("problems", [])]
         except KreeError as e:
             reasons.append(f"workflow: {e.message}")
 

@@ -22,8 +22,7 @@ from kree.engines import EngineCatalog
 from kree.events import EventWaiters
 
 
-def build_site(config, store, jobs, supervisor, reactor, fetcher, checker,
-               catalog: EngineCatalog) -> ApiSite:
+def build_site(config, store, jobs, supervisor, reactor, catalog: EngineCatalog) -> ApiSite:
     threadpool = reactor.getThreadPool()
     waiters = EventWaiters(reactor)
     jobs.add_observer(waiters.observe)
@@ -34,7 +33,7 @@ def build_site(config, store, jobs, supervisor, reactor, fetcher, checker,
     WorkflowsApi(store, config.cache_dir, reactor, threadpool).register(router)
     InfoApi(config, jobs, catalog).register(router)
     SubscriptionsApi(config, store, reactor).register(router)
-    FeasibilityApi(config, store, supervisor, fetcher, checker).register(router)
+    FeasibilityApi(config, store, jobs, supervisor).register(router)
     return ApiSite(ApiResource(router, store), config.server.max_body_bytes, reactor,
                    idle_timeout=config.server.idle_timeout_seconds,
                    head_timeout=config.server.request_head_timeout_seconds)
@@ -45,11 +44,9 @@ class ApiService(Service):
 
     log = Logger()
 
-    def __init__(self, config, store, jobs, supervisor, reactor, *, fetcher, checker,
+    def __init__(self, config, store, jobs, supervisor, reactor, *,
                  catalog: EngineCatalog) -> None:
         self._catalog = catalog
-        self._fetcher = fetcher
-        self._checker = checker
         self._config = config
         self._store = store
         self._jobs = jobs
@@ -65,7 +62,7 @@ class ApiService(Service):
         options = tls.server_options(self._config)
         host, port = self._config.listen_host_port
         site = build_site(self._config, self._store, self._jobs, self._supervisor, self._reactor,
-                          self._fetcher, self._checker, self._catalog)
+                          self._catalog)
         endpoint = SSL4ServerEndpoint(self._reactor, port, options, interface=host)
         self.port = await endpoint.listen(site)
         self.log.info(
