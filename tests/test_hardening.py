@@ -19,9 +19,10 @@ from twisted.internet.testing import StringTransport
 
 from kree.admin.server import AdminProtocol
 from kree.store.engine import create_engine
-from live import (LiveKree, hold_the_queue, kill_active_jobs, submit, wait_for_state,
-                  write_issued)
+from live import (LiveKree, hold_the_queue, job_processes, kill_active_jobs, submit,
+                  wait_for_state, write_issued)
 from test_api import MOML, XML
+from waiting import wait_for
 
 HEAD_TIMEOUT = 3
 
@@ -206,6 +207,9 @@ stop_grace_seconds = 2
         state = wait_for_state(portal, job["id"], ("FINISHED", "FAILED", "ABORTED"), timeout=120)
         assert state["state"] == "FAILED" and state["error"] == "walltime"
         assert state["running_seconds"] >= 2
+        # The engine is stopped too (the FAILED record is committed first): stopping
+        # kreed before that would leave it running, with nobody to end it.
+        wait_for(lambda: not job_processes(job["id"]), "the engine ended after its walltime")
     finally:
         kill_active_jobs(live.client("portal"))
         assert live.stop() == 0, live.log
