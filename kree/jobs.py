@@ -86,10 +86,18 @@ def check_parameter_names(checked, parameters: dict[str, Any]) -> None:
                              unknown=unknown)
 
 
-class EngineRelease(Protocol):
-    """What runs engines (the supervisor): a job's engine is gone once this returns."""
+def _job_id(job_id: str) -> str:
+    """C{job_id}, if it has a job id's shape: anything else is no job (404), unasked."""
+    if not looks_like_job_id(job_id):
+        raise JobNotFound(job_id)
+    return job_id
 
-    async def release(self, job: Job) -> None: ...
+
+class Engines(Protocol):
+    """What runs engines (the supervisor), as the use cases need it."""
+
+    async def release(self, job: Job) -> None:
+        """Returns once the job's engine is gone (before its directory is removed)."""
 
     async def answer(self, job: Job, n: int, answers: dict[str, Any], *,
                      frontend_id: int | None) -> Job:
@@ -118,11 +126,11 @@ class JobService:
                            (job_roots or {"local": Path(jobs_dir)}).items()}
         self._default_backend = default_backend
         self._observers: list[EventObserver] = []
-        self._engines: EngineRelease | None = None
+        self._engines: Engines | None = None
         self._workflows = workflows
         self._checker = checker
 
-    def attach_engines(self, engines: EngineRelease) -> None:
+    def attach_engines(self, engines: Engines) -> None:
         """The supervisor, built after this service: it releases and answers engines."""
         self._engines = engines
 
@@ -135,20 +143,16 @@ class JobService:
         @raise JobNotFound: no such job, or not this frontend's, or not even
             a job id's shape.
         """
-        if not looks_like_job_id(job_id):
-            raise JobNotFound(job_id)
-        return await self._store.jobs.get(job_id, frontend_id)
+        return await self._store.jobs.get(_job_id(job_id), frontend_id)
 
     async def detail(self, job_id: str, *, frontend_id: int | None = None) -> JobDetail:
         """A job with its parameters and inputs."""
-        if not looks_like_job_id(job_id):
-            raise JobNotFound(job_id)
-        return await self._store.jobs.get_detail(job_id, frontend_id)
+        return await self._store.jobs.get_detail(_job_id(job_id), frontend_id)
 
     async def list(self, frontend_id: int, *, state=None, user: str | None = None,
                    created_after: datetime.datetime | None = None, after: str | None = None,
                    limit: int) -> tuple[list[Job], str | None]:
-        """A page of a frontend's jobs, oldest first, and the cursor of the next (or None)."""
+        """A page of a frontend's jobs, newest first, and the cursor of the next (or None)."""
         jobs = await self._store.jobs.list(frontend_id=frontend_id, state=state, user=user,
                                            created_after=created_after, after=after,
                                            limit=limit + 1)

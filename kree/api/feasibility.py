@@ -3,7 +3,8 @@ POST /v1/feasibility: "can you run this workflow with these inputs, and
 when?" (the IVOA Execution Broker's question), answered without creating a
 job.  The checks are those of job creation (JobService.fetch_and_check: an
 upload must be the frontend's own, the workflow fetched and validated by the
-engine with the admin's actor policy and the software here; parameter names), plus resources against this machine and the configured
+engine with the admin's actor policy and the software here; parameter
+names), plus resources against this machine and the configured
 limits, and data locality: inputs already in the cache need no staging.
 For Slurm, C{sbatch --test-only} says whether the cluster would take the job
 and when it expects to start it.  A check that hits a C{[validation]} limit is
