@@ -18,13 +18,23 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import attrs
+import defusedxml.ElementTree as DefusedET
+from defusedxml import DefusedXmlException
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
 
-from kree.errors import EngineUnavailable
+from kree.errors import EngineUnavailable, KreeError
+from kree.store import Store
+
+
+class InvalidDocument(KreeError):
+    """An uploaded document that is not a workflow of the engine kind it was sent as."""
+
+    status = 422
+    code = "invalid_workflow"
 
 
 @attrs.frozen
@@ -33,6 +43,23 @@ class EngineKind:
     name: str
     #: The Python module that is the engine program (run with C{python -m}).
     module: str
+
+    #: Media types an upload of this kind is sent as (POST /v1/workflows),
+    #: and a suffix that names more of them ("+xml").
+    media_types: tuple[str, ...] = ()
+    media_suffix: str | None = None
+    #: The cheap check of an uploaded document before it is stored (the
+    #: engine's full check comes when a job names it); raises InvalidDocument.
+    upload_check: Callable[[bytes], None] | None = None
+
+    def accepts(self, media_type: str) -> bool:
+        return media_type in self.media_types or bool(
+            self.media_suffix and media_type.endswith(self.media_suffix))
+
+    def check_upload(self, data: bytes) -> None:
+        """@raise InvalidDocument: C{data} is not a document of this kind."""
+        if self.upload_check is not None:
+            self.upload_check(data)
 
     def command(self, verb: str, *args: str, python: str | None = None) -> list[str]:
         """C{python -m MODULE VERB ARGS...}: any engine command, as an argument list."""
@@ -60,8 +87,33 @@ class EngineKind:
                             python=python)
 
 
+def check_moml(data: bytes) -> None:
+    """
+    Well-formed MoML (root C{<entity>} or C{<class>}), parsed with defusedxml:
+    the DOCTYPE line real MoML files carry is accepted and never fetched,
+    entity declarations are refused.
+
+    @raise InvalidDocument: naming what is wrong.
+    """
+    try:
+        root = DefusedET.fromstring(
+            data, forbid_dtd=False, forbid_entities=True, forbid_external=True
+        )
+    except DefusedXmlException as e:
+        raise InvalidDocument(f"refused XML construct: {e}") from None
+    except DefusedET.ParseError as e:
+        raise InvalidDocument(f"not well-formed XML: {e}") from None
+    except RecursionError:
+        raise InvalidDocument("the document is nested too deeply") from None
+    if root.tag not in ("entity", "class"):
+        raise InvalidDocument(
+            f"not a MoML workflow: the root element is <{root.tag}>, not <entity>")
+
+
 #: Ptolemy II and Kepler models (MoML), run by kree.engine.
-MOML = EngineKind(name="moml", module="kree.engine")
+MOML = EngineKind(name="moml", module="kree.engine",
+                  media_types=("application/xml", "text/xml", "application/x-moml+xml"),
+                  media_suffix="+xml", upload_check=check_moml)
 
 #: Every engine kind, by name.
 ENGINE_KINDS: dict[str, EngineKind] = {MOML.name: MOML}
@@ -78,7 +130,7 @@ class EngineCatalog:
 
     log = Logger()
 
-    def __init__(self, store, reactor, kind: EngineKind = MOML) -> None:
+    def __init__(self, store: Store, reactor, kind: EngineKind = MOML) -> None:
         self._store = store
         self._reactor = reactor
         self._kind = kind

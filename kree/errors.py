@@ -26,6 +26,15 @@ class KreeError(Exception):
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
 
 
+class HttpError(KreeError):
+    """An error whose status and code are chosen where it is raised (by a dialect)."""
+
+    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.status = status
+        self.code = code
+
+
 class InvalidTransition(KreeError):
     """An action that the state machine does not allow in the job's state."""
 
@@ -74,6 +83,25 @@ class FrontendNotFound(KreeError):
 
     def __init__(self, name: str) -> None:
         super().__init__(f"no frontend {name!r}", frontend=name)
+
+
+class Unauthenticated(KreeError):
+    """A request without a client certificate."""
+
+    status = 401
+    code = "unauthenticated"
+
+
+class UnknownFrontend(KreeError):
+    """A verified certificate that is not registered as a frontend."""
+
+    status = 403
+    code = "unknown_frontend"
+
+
+class FrontendRevoked(KreeError):
+    status = 403
+    code = "frontend_revoked"
 
 
 class Conflict(KreeError):

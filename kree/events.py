@@ -35,7 +35,10 @@ from twisted.web.http_headers import Headers
 
 from kree import __version__, signing, urlguard
 from kree.httpclient import DiscardBody, PinnedAgent, ServerTLSPolicy, timed_out
+from kree.config import Config
+from kree.jobs import JobService
 from kree.records import Event
+from kree.store import Store
 
 # After a failed store operation, how long the delivery service waits to look again.
 STORE_RETRY_SECONDS = 1.0
@@ -90,7 +93,7 @@ class EventWaiters:
 class DeliveryService(Service):
     log = Logger()
 
-    def __init__(self, config, store, jobs, reactor, *,
+    def __init__(self, config: Config, store: Store, jobs: JobService, reactor, *,
                  agent: PinnedAgent | None = None) -> None:
         self._config = config
         self._settings = config.events

@@ -61,6 +61,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import Callable
 from urllib.parse import unquote, urldefrag, urljoin, urlsplit
 
 import attrs
@@ -73,8 +74,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from kree import __version__, urlguard
+from kree.config import Config
 from kree.errors import KreeError
 from kree.httpclient import PinnedAgent, describe_failure
+from kree.store import Store
 
 MAX_REDIRECTS = 5
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
@@ -199,7 +202,7 @@ def _mtime_text(st: os.stat_result) -> str:
 
 
 class Fetcher:
-    def __init__(self, config, store, reactor, *, agent: PinnedAgent | None = None,
+    def __init__(self, config: Config, store: Store, reactor, *, agent: PinnedAgent | None = None,
                  freshness_seconds: float = 0) -> None:
         self._settings = config.fetch
         self._cache_dir = Path(config.cache_dir)
@@ -214,6 +217,24 @@ class Fetcher:
     def cache_path(self, sha256: str) -> Path:
         """Where the cached body with this hash lives."""
         return self._cache_dir / sha256
+
+    async def keep_upload(self, data: bytes,
+                          check: Callable[[bytes], None]) -> tuple[str, str]:
+        """
+        An uploaded document, checked by C{check} (which raises), stored by
+        its hash and indexed as C{kree:workflow/<sha256>}: (that URI, sha256).
+        Checking and hashing a large document is CPU work: off the reactor.
+        """
+        def check_and_store() -> str:
+            check(data)
+            return _hash_and_store(self._cache_dir, data)[0]
+
+        sha256 = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                         check_and_store)
+        uri = f"kree:workflow/{sha256}"
+        if await self._store.cache.get(uri) is None:
+            await self._store.cache.record_fetch(uri, sha256=sha256, size=len(data))
+        return uri, sha256
 
     async def close(self) -> None:
         """Drop idle persistent connections (at shutdown)."""

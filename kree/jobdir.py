@@ -1,25 +1,82 @@
 """
-Preparing a job directory for its engine (DESIGN.md section 5):
-workflow.xml, parameters.json, policy.json, inputs/, products/, answers/.
+A job directory (DESIGN.md section 5): preparing it for its engine
+(workflow.xml, parameters.json, policy.json, inputs/, products/, answers/),
+and reading what the engine left there (L{products}, L{product_path},
+L{read_uploads}).
 
-Blocking file work: the supervisor runs it in a thread.
+Blocking file work: callers run it in a thread.
 """
 
 from __future__ import annotations
 
 import json
+import mimetypes
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from kree.errors import KreeError
+from kree.jobspec import INPUT_NAME
 
 
 class PreparationFailed(KreeError):
     status = 422
     code = "preparation_failed"
+
+
+class ProductNotFound(KreeError):
+    status = 404
+    code = "product_not_found"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no product {name!r}", product=name)
+
+
+@attrs.frozen
+class Product:
+    """A file the engine left in products/."""
+
+    name: str
+    size: int
+    media_type: str
+
+
+def media_type_of(name: str) -> str:
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def products(job_dir: Path) -> list[Product]:
+    """The regular files of products/ (no symbolic links, no dot files), by name."""
+    products_dir = Path(job_dir) / "products"
+    if not products_dir.is_dir():
+        return []
+    found = []
+    for path in sorted(products_dir.iterdir()):
+        if path.is_symlink() or not path.is_file() or path.name.startswith("."):
+            continue
+        found.append(Product(path.name, path.stat().st_size, media_type_of(path.name)))
+    return found
+
+
+def product_path(job_dir: Path, name: str) -> Path:
+    """
+    The file of product C{name}, only a regular file directly in products/.
+
+    @raise ProductNotFound: there is none by that name (or the name is not one).
+    """
+    # Product names are file names in products/: no separators, no dot files.
+    if not INPUT_NAME.match(name) or ".." in name:
+        raise ProductNotFound(name)
+    products_dir = Path(job_dir) / "products"
+    path = products_dir / name
+    if not (path.is_file() and not path.is_symlink()
+            and path.resolve().parent == products_dir.resolve()):
+        raise ProductNotFound(name)
+    return path
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -63,3 +120,11 @@ UPLOADS_FILE = ".uploads.json"
 def record_uploads(job_dir: Path, outcomes: list[dict[str, Any]]) -> None:
     """Where each product went (shown in the results document)."""
     _write(job_dir / UPLOADS_FILE, json.dumps(outcomes, indent=1).encode())
+
+
+def read_uploads(job_dir: Path) -> list[dict[str, Any]] | None:
+    """Where the products went (outputs_to), as recorded; None if nothing was."""
+    try:
+        return json.loads((Path(job_dir) / UPLOADS_FILE).read_text())
+    except (OSError, ValueError):
+        return None

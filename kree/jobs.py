@@ -4,8 +4,10 @@ The job service: the only writer of job state.
 The API, the supervisor and the admin console all change jobs through
 L{JobService}, and its use cases are theirs, written here once: submitting a
 job (L{Submission}: the workflow fetched and checked, the job created and
-queued in one transaction), editing one while NEW, deleting one (the record,
-then the engine, then the directory) and purging old ones.  A dialect parses
+queued in one transaction), uploading a workflow (L{Upload}), editing one
+while NEW, deleting one (the record, then the engine, then the directory;
+who may be deleted is L{kree.states.check_deletable}'s rule) and purging old
+ones, and the reads (jobs, events, messages, L{Results}, products).  A dialect parses
 its request into these records and renders what comes back; none of them
 knows HTTP.  Each change is one store transaction that checks the state
 machine (L{kree.states}), writes the job and appends its event; only after
@@ -25,12 +27,16 @@ import attrs
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from kree.engines import MOML, EngineKind
 from kree.errors import InvalidRequest, InvalidTransition, JobNotFound, KreeError, NotWaiting
 from kree.ids import looks_like_job_id, new_job_id
-from kree import jobspec, prompts
+from kree import jobdir, jobspec, prompts
+from kree.jobdir import Product
 from kree.jobspec import InvalidJobSpec
 from kree.records import Event, Job, JobDetail, Message
-from kree.states import Action, JobState
+from kree.states import (DELETABLE_STATES, QUARANTINE_STATE, Action, JobState,
+                         check_deletable)
+from kree.store import Store
 from kree.store.events import append_thd
 from kree.validation import InvalidWorkflow
 
@@ -38,7 +44,7 @@ EventObserver = Callable[[Event], None]
 #: Told how far a purge has got: (done, total).
 PurgeProgress = Callable[[int, int], None]
 #: The states a purge may take: NEW and the terminal ones.
-PURGEABLE = frozenset({JobState.NEW} | {state for state in JobState if state.terminal})
+PURGEABLE = DELETABLE_STATES
 
 
 #: Wraps costly work that has no use once nobody waits for it (a workflow
@@ -60,12 +66,40 @@ class Submission:
     queue: bool = False
 
 
+@attrs.frozen
+class Results:
+    """What a job produced so far: complete once it is FINISHED."""
+
+    job: Job
+    products: list[Product]
+    #: Where the products went (outputs_to), once they were sent; else None.
+    uploads: list[dict[str, Any]] | None
+
+    @property
+    def complete(self) -> bool:
+        return self.job.state is JobState.FINISHED
+
+
+@attrs.frozen
+class Upload:
+    """A workflow document a frontend uploaded, as it is known from now on."""
+
+    uri: str
+    sha256: str
+    size: int
+    #: The first time this frontend uploaded these bytes.
+    first: bool
+
+
 class WorkflowSource(Protocol):
     """Where workflows come from (kree.fetch.Fetcher)."""
 
     async def fetch(self, uri: str) -> Any: ...
 
     def cache_path(self, sha256: str) -> Path: ...
+
+    async def keep_upload(self, data: bytes,
+                          check: Callable[[bytes], None]) -> tuple[str, str]: ...
 
 
 class WorkflowCheck(Protocol):
@@ -107,7 +141,7 @@ class Engines(Protocol):
 class JobService:
     log = Logger()
 
-    def __init__(self, store, reactor, jobs_dir: Path, *,
+    def __init__(self, store: Store, reactor, jobs_dir: Path, *,
                  job_roots: dict[str, Path] | None = None,
                  default_backend: str = "local",
                  workflows: WorkflowSource | None = None,
@@ -169,6 +203,32 @@ class JobService:
         return await self._store.jobs.list_messages(job_id, after, limit)
 
     # -- prompts ----------------------------------------------------------------------
+
+    def _in_thread(self, fn, *args):
+        """File-system work (job directories) off the reactor."""
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
+
+    async def products(self, job_id: str, *, frontend_id: int | None = None) -> list[Product]:
+        """The files the job's engine left in products/."""
+        job = await self.get(job_id, frontend_id=frontend_id)
+        return await self._in_thread(jobdir.products, Path(job.job_dir))
+
+    async def product(self, job_id: str, name: str, *,
+                      frontend_id: int | None = None) -> tuple[Path, str]:
+        """
+        (the file, its media type) of one product.
+
+        @raise kree.jobdir.ProductNotFound: no such product (404).
+        """
+        job = await self.get(job_id, frontend_id=frontend_id)
+        path = await self._in_thread(jobdir.product_path, Path(job.job_dir), name)
+        return path, jobdir.media_type_of(name)
+
+    async def results(self, job_id: str, *, frontend_id: int | None = None) -> Results:
+        job = await self.get(job_id, frontend_id=frontend_id)
+        products = await self._in_thread(jobdir.products, Path(job.job_dir))
+        uploads = await self._in_thread(jobdir.read_uploads, Path(job.job_dir))
+        return Results(job=job, products=products, uploads=uploads)
 
     async def prompt(self, job: Job) -> dict[str, Any]:
         """
@@ -344,6 +404,21 @@ class JobService:
                                  "POST /v1/workflows", workflow=workflow)
         fetched = await self._workflows.fetch(workflow)
         return fetched, await self.check_workflow(fetched.path, fetched.sha256, guard=guard)
+
+    async def upload_workflow(self, frontend_id: int, data: bytes, *,
+                              kind: EngineKind = MOML) -> Upload:
+        """
+        Keep a document a frontend uploads, once by its hash, and record
+        that this frontend may name it (C{kree:workflow/<sha256>}); what
+        others uploaded is never revealed.
+
+        @raise kree.engines.InvalidDocument: not a document of C{kind}.
+        """
+        if not data:
+            raise InvalidRequest("the workflow document is empty")
+        uri, sha256 = await self._workflows.keep_upload(data, kind.check_upload)
+        first = await self._store.ownership.record_upload(frontend_id, sha256)
+        return Upload(uri, sha256, len(data), first)
 
     async def check_workflow(self, path: Path, sha256: str, *, guard: Guard | None = None):
         """
@@ -563,10 +638,20 @@ class JobService:
 
     async def quarantine(self, job_id: str, reason: str) -> None:
         """Fail a job whose record cannot be understood (never crash on it)."""
-        event = await self._store.pool.run(self._store.jobs.quarantine_thd, job_id, reason,
-                                           self.now())
+        event = await self._store.pool.run(self._quarantine_thd, job_id, reason, self.now())
         self.log.error("job {job_id} quarantined: {reason}", job_id=job_id, reason=reason)
         self._notify(event)
+
+    def _quarantine_thd(self, conn, job_id: str, reason: str, now) -> Event:
+        """Only the state is read (the rest is what failed to read), the row locked first."""
+        old = self._store.jobs.lock_state_thd(conn, job_id)
+        if old is None:
+            raise JobNotFound(job_id)
+        why = f"quarantined: {reason}"
+        self._store.jobs.force_state_thd(conn, job_id, QUARANTINE_STATE, error=why, now=now)
+        return append_thd(conn, job_id, "job.state",
+                          {"from": str(old), "to": QUARANTINE_STATE.value,
+                           "action": Action.FAIL.value, "reason": why}, now)
 
     async def delete(self, job_id: str, *, frontend_id: int | None = None) -> Job:
         """
@@ -577,14 +662,19 @@ class JobService:
         @raise JobNotFound: no such job (of this frontend, if given).
         @raise InvalidTransition: the job is neither NEW nor ended (409).
         """
-        job, event = await self._store.jobs.delete(job_id, frontend_id=frontend_id, now=self.now())
+        job, event = await self._store.pool.run(self._delete_thd, job_id, frontend_id,
+                                                self.now())
         self.log.info("job {job_id} deleted", job_id=job_id)
         self._notify(event)
         if self._engines is not None:
             await self._engines.release(job)
-        await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
-                                shutil.rmtree, job.job_dir, True)
+        await self._in_thread(shutil.rmtree, job.job_dir, True)
         return job
+
+    def _delete_thd(self, conn, job_id: str, frontend_id: int | None, now) -> tuple[Job, Event]:
+        job = self._store.jobs.get_thd(conn, job_id, frontend_id, lock=True)
+        check_deletable(job.state)
+        return job, self._store.jobs.remove_thd(conn, job, now)
 
     async def purge(self, older_than_seconds: float, states: Iterable[JobState],
                     progress: PurgeProgress | None = None) -> int:

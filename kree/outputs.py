@@ -72,6 +72,7 @@ from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
 
 from kree import __version__, urlguard
+from kree.config import Config
 from kree.httpclient import DiscardBody, PinnedAgent, describe_failure, timed_out
 
 DEFAULT_RETRY_DELAYS: tuple[float, ...] = (1, 5, 30, 120)
@@ -181,7 +182,7 @@ class _Attempt:
 class OutputUploader:
     log = Logger()
 
-    def __init__(self, config, reactor, *, agent: PinnedAgent | None = None,
+    def __init__(self, config: Config, reactor, *, agent: PinnedAgent | None = None,
                  retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS) -> None:
         self._settings = config.fetch
         self._reactor = reactor

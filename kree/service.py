@@ -15,15 +15,18 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from kree import __version__, credentials, pki
-from kree.admin.server import AdminSocketService
-from kree.api.site import ApiService
+from kree.admin.server import AdminCommands, AdminSocketService
+from kree.api.site import ApiService, V1Services
 from kree.config import Config
 from kree.engines import EngineCatalog
 from kree.events import DeliveryService
+from kree.feasibility import FeasibilityService
 from kree.fetch import Fetcher
+from kree.frontends import FrontendService
 from kree.jobs import JobService
 from kree.outputs import OutputUploader
 from kree.store import Store
+from kree.subscriptions import SubscriptionService
 from kree.supervisor import Supervisor
 from kree.validation import WorkflowChecker
 
@@ -157,10 +160,23 @@ class KreeDaemon(AsyncMultiService):
         self.jobs.attach_engines(self.supervisor)
         self.deliveries = DeliveryService(config, self.store, self.jobs, reactor)
         self.deliveries.setServiceParent(self)
-        self.api = ApiService(config, self.store, self.jobs, self.supervisor, reactor,
-                              catalog=EngineCatalog(self.store, reactor))
+        self.frontends = FrontendService(self.store)
+        services = V1Services(
+            jobs=self.jobs,
+            subscriptions=SubscriptionService(
+                self.store, self.jobs, reactor, allowed_hosts=config.fetch.allowed_hosts,
+                allow_private_addresses=config.fetch.allow_private_addresses),
+            feasibility=FeasibilityService(
+                self.store, self.jobs, backends=self.supervisor.backends,
+                free_slots=self.supervisor.free_slots,
+                default_backend=config.supervisor.default_backend),
+            catalog=EngineCatalog(self.store, reactor),
+            frontends=self.frontends)
+        self.api = ApiService(config, services, reactor)
         self.api.setServiceParent(self)
-        AdminSocketService(self, config.admin_socket, reactor).setServiceParent(self)
+        commands = AdminCommands(store=self.store, jobs=self.jobs, frontends=self.frontends,
+                                 engines=self.supervisor, state_dir=config.state_dir)
+        AdminSocketService(commands, config.admin_socket, reactor).setServiceParent(self)
 
     def startService(self) -> Deferred:
         self.log.info(

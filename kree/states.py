@@ -52,6 +52,20 @@ class JobState(enum.StrEnum):
 
 TERMINAL_STATES = frozenset({JobState.FINISHED, JobState.FAILED, JobState.ABORTED})
 
+#: States a job may be deleted (or purged) in: no engine runs for it.
+DELETABLE_STATES = frozenset({JobState.NEW} | TERMINAL_STATES)
+
+#: Where quarantine puts a job whose record cannot be understood, from any state.
+QUARANTINE_STATE = JobState.FAILED
+
+
+def check_deletable(state: JobState) -> None:
+    """@raise InvalidTransition: a job in C{state} still has (or may get) an engine."""
+    if state not in DELETABLE_STATES:
+        raise InvalidTransition(state, "delete",
+                                f"cannot delete a job in state {state}: stop or kill it first")
+
+
 # States a job can be paused from, and so resumed into.
 PAUSABLE_STATES = frozenset({JobState.QUEUED, JobState.RUNNING, JobState.WAITING})
 

@@ -9,7 +9,7 @@ DESIGN.md section 2 fails these tests.
 import pytest
 
 from kree.errors import InvalidTransition
-from kree.states import Action, JobState, allowed_actions, next_state
+from kree.states import Action, JobState, allowed_actions, check_deletable, next_state
 
 S = JobState
 A = Action
@@ -153,3 +153,12 @@ def test_strings_are_accepted():
     assert next_state("NEW", "queue").new is S.QUEUED
     with pytest.raises(ValueError):
         next_state("NEW", "explode")
+
+
+@pytest.mark.parametrize("state", list(JobState))
+def test_only_new_and_ended_jobs_may_be_deleted(state):
+    if state is JobState.NEW or state.terminal:
+        check_deletable(state)
+    else:
+        with pytest.raises(InvalidTransition, match=f"in state {state}: stop or kill it first"):
+            check_deletable(state)

@@ -127,8 +127,6 @@ async def test_jobs_are_isolated_by_frontend(store, frontend, other_frontend):
         await store.jobs.get(job.id, other_frontend.id)
     with pytest.raises(JobNotFound):
         await store.jobs.transition(job.id, Action.QUEUE, frontend_id=other_frontend.id)
-    with pytest.raises(JobNotFound):
-        await store.jobs.delete(job.id, frontend_id=other_frontend.id)
     assert await store.jobs.list(frontend_id=other_frontend.id) == []
     assert (await store.jobs.get(job.id)).state is JobState.NEW
 
@@ -233,16 +231,15 @@ async def test_messages_are_recorded_with_events(store, frontend):
 
 
 @pytest_twisted.ensureDeferred
-async def test_delete_keeps_events_and_refuses_active_jobs(store, frontend):
+async def test_remove_keeps_the_events(store, frontend):
+    """The primitive under JobService.delete (which decides who may go: test_jobs)."""
     job = make_job(store, frontend, parameters={".m.a.p": 1})
     await store.jobs.add_message(job.id, "hello")
     await store.jobs.transition(job.id, Action.QUEUE)
-    with pytest.raises(InvalidTransition, match="stop or kill it first"):
-        await store.jobs.delete(job.id)
     await store.jobs.transition(job.id, Action.STOP)
-    deleted, event = await store.jobs.delete(job.id, frontend_id=frontend.id)
-    assert deleted.state is JobState.ABORTED
-    assert (event.type, event.seq) == ("job.deleted", 5)
+    event = await store.pool.run(
+        lambda conn: store.jobs.remove_thd(conn, store.jobs.get_thd(conn, job.id, lock=True)))
+    assert (event.type, event.seq, event.data) == ("job.deleted", 5, {"state": "ABORTED"})
     with pytest.raises(JobNotFound):
         await store.jobs.get(job.id)
     assert await store.jobs.get_parameters(job.id) == {}

@@ -26,7 +26,7 @@ import socket
 import struct
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -37,7 +37,10 @@ from twisted.protocols.basic import LineOnlyReceiver
 
 from kree import __version__
 from kree.errors import KreeError
+from kree.frontends import FrontendService
+from kree.jobs import JobService
 from kree.states import Action, JobState
+from kree.store import Store
 
 MAX_REQUEST_BYTES = 65536
 ACTIONS = {"jobs.pause": Action.PAUSE, "jobs.resume": Action.RESUME,
@@ -121,9 +124,29 @@ class AdminProtocol(LineOnlyReceiver):
             self.sendLine(json.dumps(message, default=str).encode())
 
 
+class EngineStatus(Protocol):
+    """What runs engines (the supervisor), as kree-admin status shows it."""
+
+    running_count: int
+    max_running: int
+
+    async def backend_status(self) -> dict[str, Any]: ...
+
+
 class AdminCommands:
-    def __init__(self, daemon) -> None:
-        self.daemon = daemon
+    """
+    The commands, over the daemon's parts: job actions and purges through
+    the job service (as every dialect), status from the store and the
+    supervisor, every change audited.
+    """
+
+    def __init__(self, *, store: Store, jobs: JobService, frontends: FrontendService,
+                 engines: EngineStatus, state_dir: Path) -> None:
+        self._store = store
+        self._jobs = jobs
+        self._frontends = frontends
+        self._engines = engines
+        self._state_dir = state_dir
         self.started = time.time()
 
     async def run(self, command: str, args: dict[str, Any], progress) -> Any:
@@ -138,8 +161,7 @@ class AdminCommands:
         raise AdminError("unknown_command", f"unknown admin command {command!r}")
 
     async def status(self) -> dict[str, Any]:
-        daemon = self.daemon
-        store = daemon.store
+        store = self._store
         counts = await store.jobs.count_by_state()
         subs = await store.subscriptions.list()
         schema = await store.schema_status()
@@ -148,14 +170,14 @@ class AdminCommands:
             "version": __version__,
             "pid": os.getpid(),
             "uptime_seconds": round(time.time() - self.started, 1),
-            "state_dir": str(daemon.config.state_dir),
+            "state_dir": str(self._state_dir),
             "store": store.url,
             "schema": schema.describe(),
             "jobs": counts,
             "queue_length": counts.get("QUEUED", 0),
-            "running_engines": daemon.supervisor.running_count,
-            "max_running": daemon.supervisor.max_running,
-            "backends": await daemon.supervisor.backend_status(),
+            "running_engines": self._engines.running_count,
+            "max_running": self._engines.max_running,
+            "backends": await self._engines.backend_status(),
             "subscriptions": {
                 "active": sum(s.status == "active" for s in subs),
                 "failing": [{"id": s.id, "url": s.url, "last_error": s.last_error}
@@ -167,9 +189,9 @@ class AdminCommands:
         job_id = args.get("id")
         if not isinstance(job_id, str):
             raise AdminError("malformed", "args.id (the job id) is required")
-        job = await self.daemon.jobs.apply(job_id, action, reason=f"{action.value} by admin")
-        await self.daemon.store.audit.record(actor="admin", action=f"job.{action.value}",
-                                             job_id=job_id, outcome="ok")
+        job = await self._jobs.apply(job_id, action, reason=f"{action.value} by admin")
+        await self._frontends.audit(actor="admin", action=f"job.{action.value}",
+                                    job_id=job_id, outcome="ok")
         return {"id": job.id, "state": job.state.value,
                 "paused_from": job.paused_from.value if job.paused_from else None}
 
@@ -180,20 +202,19 @@ class AdminCommands:
         names = args.get("states") or TERMINAL
         if not isinstance(names, list) or not all(n in JobState.__members__ for n in names):
             raise AdminError("malformed", "args.states must be a list of job states")
-        daemon = self.daemon
-        purged = await daemon.jobs.purge(
+        purged = await self._jobs.purge(
             older, [JobState(name) for name in names],
             lambda done, total: progress(done=done, total=total))
-        await daemon.store.audit.record(actor="admin", action="jobs.purge", outcome="ok",
-                                        details={"purged": purged, "older_than_seconds": older})
+        await self._frontends.audit(actor="admin", action="jobs.purge", outcome="ok",
+                                    details={"purged": purged, "older_than_seconds": older})
         return {"purged": purged}
 
 
 class AdminSocketService(Service):
     log = Logger()
 
-    def __init__(self, daemon, path: Path, reactor) -> None:
-        self._daemon = daemon
+    def __init__(self, commands: AdminCommands, path: Path, reactor) -> None:
+        self._commands = commands
         self._path = Path(path)
         self._reactor = reactor
         self._port = None
@@ -208,7 +229,7 @@ class AdminSocketService(Service):
         if self._path.exists():
             self._path.unlink()
         factory = Factory.forProtocol(AdminProtocol)
-        factory.commands = AdminCommands(self._daemon)
+        factory.commands = self._commands
         endpoint = UNIXServerEndpoint(self._reactor, str(self._path), mode=0o600)
         self._port = await endpoint.listen(factory)
         os.chmod(self._path, 0o600)

@@ -1,6 +1,6 @@
 """
-Service-level endpoints: service-info, capabilities, feasibility, the
-OpenAPI document, and the subscription endpoints until callbacks land.
+Service-level endpoints of /v1: service-info, capabilities and the OpenAPI
+document.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from twisted.logger import Logger
 
 from kree import __version__, jobspec
 from kree.api.jobs import MAX_PAGE, MAX_WAIT_SECONDS
-from kree.api.resource import Call, Router
+from kree.web.routing import Call, Router
+from kree.config import Config
 from kree.engines import EngineCatalog
+from kree.jobs import JobService
 from kree.records import isoformat
 from kree.states import JobState
 
@@ -28,7 +30,7 @@ def openapi_document() -> dict[str, Any]:
 class InfoApi:
     log = Logger()
 
-    def __init__(self, config, jobs, catalog: EngineCatalog) -> None:
+    def __init__(self, config: Config, jobs: JobService, catalog: EngineCatalog) -> None:
         self._config = config
         self._jobs = jobs
         self._catalog = catalog

@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import datetime
 import json
-import mimetypes
-from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.web import static
 from twisted.web.server import NOT_DONE_YET
 
-from kree import jobdir, jobspec, outputs
-from kree.api.resource import ALREADY_WRITTEN, ApiError, Call, Response, Router
-from kree.errors import InvalidRequest
-from kree.jobs import Submission, check_parameter_names
+from kree import jobspec, outputs
+from kree.errors import HttpError, InvalidRequest
+from kree.events import EventWaiters
+from kree.jobdir import Product
+from kree.jobs import JobService, Submission, check_parameter_names
 from kree.records import Job, JobDetail, Message, isoformat
 from kree.states import Action, JobState
+from kree.web.routing import ALREADY_WRITTEN, Call, Response, Router
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
@@ -100,47 +99,19 @@ def message_json(message: Message) -> dict[str, Any]:
     }
 
 
-def _product_name(name: str) -> str:
-    # Product names are file names in products/: no separators, no dot files.
-    if not jobspec.INPUT_NAME.match(name) or ".." in name:
-        raise ApiError(404, "product_not_found", f"no product {name!r}", product=name)
-    return name
-
-
-def _list_products(products_dir: Path) -> list[dict[str, Any]]:
-    if not products_dir.is_dir():
-        return []
-    products = []
-    for path in sorted(products_dir.iterdir()):
-        if path.is_symlink() or not path.is_file() or path.name.startswith("."):
-            continue
-        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        products.append({"name": path.name, "size": path.stat().st_size, "media_type": media_type})
-    return products
-
-
-def _read_uploads(job_dir: Path):
-    """Where the products went (outputs_to), as the supervisor recorded it."""
-    try:
-        return json.loads((job_dir / jobdir.UPLOADS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+def product_json(job_id: str, product: Product) -> dict[str, Any]:
+    return {"name": product.name, "size": product.size, "media_type": product.media_type,
+            "href": f"/v1/jobs/{job_id}/products/{product.name}"}
 
 
 class JobsApi:
-    def __init__(self, jobs, waiters, reactor, threadpool, *,
+    def __init__(self, jobs: JobService, waiters: EventWaiters, *,
                  allowed_hosts: list[str],
                  walltime: jobspec.WalltimeLimits = jobspec.WalltimeLimits()) -> None:
         self._walltime = walltime
         self._allowed_hosts = allowed_hosts
         self._jobs = jobs
         self._waiters = waiters
-        self._reactor = reactor
-        self._threadpool = threadpool
-
-    def _in_thread(self, fn, *args):
-        """File-system work (job directories) off the reactor thread."""
-        return deferToThreadPool(self._reactor, self._threadpool, fn, *args)
 
     def register(self, router: Router) -> None:
         router.add("POST", "/v1/jobs", self.create, "job.create")
@@ -171,14 +142,14 @@ class JobsApi:
         body = call.json_object()
         unknown = sorted(set(body) - {"workflow", "parameters", "inputs", "resources", "queue"})
         if unknown:
-            raise ApiError(422, "invalid_request", f"unknown fields {unknown}", unknown=unknown)
+            raise HttpError(422, "invalid_request", f"unknown fields {unknown}", unknown=unknown)
         workflow = jobspec.check_uri(body.get("workflow"))
         parameters = jobspec.check_parameters(body.get("parameters"))
         inputs = jobspec.check_inputs(body.get("inputs"))
         resources = self._check_resources(body.get("resources"))
         queue = body.get("queue", False)
         if not isinstance(queue, bool):
-            raise ApiError(422, "invalid_request", "queue must be true or false")
+            raise HttpError(422, "invalid_request", "queue must be true or false")
         detail = await self._jobs.submit(
             Submission(frontend_id=call.frontend.id, workflow=workflow, user=call.user,
                        parameters=parameters, inputs=inputs, resources=resources,
@@ -380,45 +351,27 @@ class JobsApi:
     # -- results -------------------------------------------------------------------------
 
     async def results(self, call: Call) -> dict[str, Any]:
-        job = await self._job(call)
-        products = await self._in_thread(_list_products, Path(job.job_dir) / "products")
-        for product in products:
-            product["href"] = f"/v1/jobs/{job.id}/products/{product['name']}"
-        uploads = await self._in_thread(_read_uploads, Path(job.job_dir))
+        found = await self._jobs.results(call.params["id"], frontend_id=call.frontend.id)
+        job = found.job
         results = {
             "id": job.id,
             "state": job.state.value,
-            "complete": job.state is JobState.FINISHED,
+            "complete": found.complete,
             "outputs": {},
-            "products": products,
+            "products": [product_json(job.id, p) for p in found.products],
         }
-        if uploads is not None:
-            results["uploads"] = uploads
+        if found.uploads is not None:
+            results["uploads"] = found.uploads
         return results
 
     async def products(self, call: Call) -> dict[str, Any]:
-        job = await self._job(call)
-        products = await self._in_thread(_list_products, Path(job.job_dir) / "products")
-        for product in products:
-            product["href"] = f"/v1/jobs/{job.id}/products/{product['name']}"
-        return {"id": job.id, "products": products}
+        job_id = call.params["id"]
+        products = await self._jobs.products(job_id, frontend_id=call.frontend.id)
+        return {"id": job_id, "products": [product_json(job_id, p) for p in products]}
 
     async def product(self, call: Call):
-        job = await self._job(call)
-        name = _product_name(call.params["name"])
-        products_dir = Path(job.job_dir) / "products"
-        path = products_dir / name
-
-        def check() -> bool:
-            return (
-                path.is_file()
-                and not path.is_symlink()
-                and path.resolve().parent == products_dir.resolve()
-            )
-
-        if not await self._in_thread(check):
-            raise ApiError(404, "product_not_found", f"no product {name!r}", product=name)
-        media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        path, media_type = await self._jobs.product(call.params["id"], call.params["name"],
+                                                    frontend_id=call.frontend.id)
         # static.File does Content-Type, Content-Length, Range and HEAD, and
         # streams the file with a producer.
         resource = static.File(str(path), defaultType=media_type)

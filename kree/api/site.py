@@ -1,40 +1,70 @@
 """
-Assembling the API: the router with every endpoint, the site, and the
-service that listens with mutual TLS.
+Assembling /v1: the router with every endpoint, as a L{JsonDialect}, and
+the service that listens with mutual TLS (other dialects join the same
+listener through L{ApiService}'s C{dialects}).  The dialect is built from
+the use-case services only (L{V1Services}): it never sees the store or the
+supervisor.
 """
 
 from __future__ import annotations
 
+import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.logger import Logger
 
 from kree import jobspec
-from kree.api import tls
 from kree.api.feasibility import FeasibilityApi
 from kree.api.info import InfoApi
 from kree.api.jobs import JobsApi
-from kree.api.resource import ApiResource, ApiSite, Router
 from kree.api.subscriptions import SubscriptionsApi
 from kree.api.workflows import WorkflowsApi
+from kree.config import Config
 from kree.engines import EngineCatalog
 from kree.events import EventWaiters
+from kree.feasibility import FeasibilityService
+from kree.jobs import JobService
+from kree.subscriptions import SubscriptionService
+from kree.web import tls
+from kree.web.resource import Dialect, Frontends, JsonDialect, WebResource
+from kree.web.routing import Router
+from kree.web.site import WebSite
+
+PREFIX = "/v1"
 
 
-def build_site(config, store, jobs, supervisor, reactor, catalog: EngineCatalog) -> ApiSite:
-    threadpool = reactor.getThreadPool()
+@attrs.frozen
+class V1Services:
+    """The use cases /v1 calls."""
+
+    jobs: JobService
+    subscriptions: SubscriptionService
+    feasibility: FeasibilityService
+    catalog: EngineCatalog
+    frontends: Frontends
+
+
+def build_v1(config: Config, services: V1Services, reactor) -> JsonDialect:
     waiters = EventWaiters(reactor)
-    jobs.add_observer(waiters.observe)
+    services.jobs.add_observer(waiters.observe)
+    walltime = jobspec.WalltimeLimits.from_config(config.supervisor)
     router = Router()
-    JobsApi(jobs, waiters, reactor, threadpool,
-            allowed_hosts=config.fetch.allowed_hosts,
-            walltime=jobspec.WalltimeLimits.from_config(config.supervisor)).register(router)
-    WorkflowsApi(store, config.cache_dir, reactor, threadpool).register(router)
-    InfoApi(config, jobs, catalog).register(router)
-    SubscriptionsApi(config, store, reactor).register(router)
-    FeasibilityApi(config, store, jobs, supervisor).register(router)
-    return ApiSite(ApiResource(router, store), config.server.max_body_bytes, reactor,
+    JobsApi(services.jobs, waiters,
+            allowed_hosts=config.fetch.allowed_hosts, walltime=walltime).register(router)
+    WorkflowsApi(services.jobs).register(router)
+    InfoApi(config, services.jobs, services.catalog).register(router)
+    SubscriptionsApi(services.subscriptions).register(router)
+    FeasibilityApi(services.feasibility, walltime=walltime).register(router)
+    return JsonDialect(PREFIX, router)
+
+
+def build_site(config: Config, services: V1Services, reactor, *,
+               dialects: tuple[Dialect, ...] = ()) -> WebSite:
+    """/v1 first (it answers paths no dialect claims), then C{dialects}."""
+    resource = WebResource([build_v1(config, services, reactor), *dialects],
+                           services.frontends)
+    return WebSite(resource, config.server.max_body_bytes, reactor,
                    idle_timeout=config.server.idle_timeout_seconds,
                    head_timeout=config.server.request_head_timeout_seconds)
 
@@ -44,13 +74,11 @@ class ApiService(Service):
 
     log = Logger()
 
-    def __init__(self, config, store, jobs, supervisor, reactor, *,
-                 catalog: EngineCatalog) -> None:
-        self._catalog = catalog
+    def __init__(self, config: Config, services: V1Services, reactor, *,
+                 dialects: tuple[Dialect, ...] = ()) -> None:
         self._config = config
-        self._store = store
-        self._jobs = jobs
-        self._supervisor = supervisor
+        self._services = services
+        self._dialects = dialects
         self._reactor = reactor
         self.port = None
 
@@ -61,8 +89,7 @@ class ApiService(Service):
     async def _start(self) -> None:
         options = tls.server_options(self._config)
         host, port = self._config.listen_host_port
-        site = build_site(self._config, self._store, self._jobs, self._supervisor, self._reactor,
-                          self._catalog)
+        site = build_site(self._config, self._services, self._reactor, dialects=self._dialects)
         endpoint = SSL4ServerEndpoint(self._reactor, port, options, interface=host)
         self.port = await endpoint.listen(site)
         self.log.info(

@@ -363,26 +363,22 @@ class JobsStore:
                             .order_by(jobs.c.id))
         return [_job(row) for row in rows]
 
-    def quarantine_thd(self, conn, job_id: str, reason: str,
-                       now: datetime.datetime | None = None) -> Event:
+    def lock_state_thd(self, conn, job_id: str) -> str | None:
         """
-        Fail a job whose record cannot be understood, without reading it as
-        a Job (that is what failed), and say why in its event log.  Only the
-        state is read, with the row locked first.
-
-        @raise JobNotFound: no such job.
+        Lock the job's row and read only its raw state (for a record that
+        cannot be read as a Job); None if there is no such job.
         """
-        now = now or utcnow()
         row = lock_job_thd(conn, job_id, columns=(model.jobs.c.state,))
-        if row is None:
-            raise JobNotFound(job_id)
-        old = row.state
+        return None if row is None else row.state
+
+    def force_state_thd(self, conn, job_id: str, state: JobState, *, error: str,
+                        now: datetime.datetime) -> None:
+        """
+        Put a locked job in C{state} (a terminal one) with C{error}, whatever
+        its state was: the caller decided it (quarantine), not the table.
+        """
         conn.execute(model.jobs.update().where(model.jobs.c.id == job_id).values(
-            state=JobState.FAILED.value, paused_from=None, running_since=None, ended_at=now,
-            error=f"quarantined: {reason}"))
-        return append_thd(conn, job_id, "job.state",
-                          {"from": str(old), "to": JobState.FAILED.value, "action": "fail",
-                           "reason": f"quarantined: {reason}"}, now)
+            state=state.value, paused_from=None, running_since=None, ended_at=now, error=error))
 
     # -- messages -----------------------------------------------------------
 
@@ -550,33 +546,15 @@ class JobsStore:
                         **({"job_dir": job_dir} if job_dir else {}))
             )
 
-    # -- delete -------------------------------------------------------------
+    # -- delete (the job service decides who may go) --------------------------
 
-    async def delete(self, job_id: str, **kwargs) -> tuple[Job, Event]:
-        return await self._pool.run(self.delete_thd, job_id, **kwargs)
-
-    def delete_thd(
-        self,
-        conn,
-        job_id: str,
-        *,
-        frontend_id: int | None = None,
-        now: datetime.datetime | None = None,
-    ) -> tuple[Job, Event]:
+    def remove_thd(self, conn, job: Job, now: datetime.datetime | None = None) -> Event:
         """
-        Delete a NEW or terminal job with its parameters, inputs and
-        messages.  Its events stay (ending with C{job.deleted}) until the
+        Delete a job's row with its parameters, inputs and messages, inside
+        the caller's transaction, which has locked it and checked that it
+        may go.  Its events stay (ending with C{job.deleted}) until the
         event log is purged, so listeners still get them.
-
-        @raise InvalidTransition: the job is active.
         """
-        job = self.get_thd(conn, job_id, frontend_id, lock=True)
-        if not (job.state.terminal or job.state is JobState.NEW):
-            raise InvalidTransition(
-                job.state,
-                "delete",
-                f"cannot delete a job in state {job.state}: stop or kill it first",
-            )
-        event = append_thd(conn, job_id, "job.deleted", {"state": job.state.value}, now)
-        conn.execute(model.jobs.delete().where(model.jobs.c.id == job_id))
-        return job, event
+        event = append_thd(conn, job.id, "job.deleted", {"state": job.state.value}, now)
+        conn.execute(model.jobs.delete().where(model.jobs.c.id == job.id))
+        return event

@@ -1,11 +1,11 @@
 """
-TLS for the frontend API: the server context and the peer's identity.
+TLS for the listener every dialect shares: the server context and the peer's identity.
 
 Every connection must present a client certificate that chains to a CA the
 admin configured ([tls] ca, one or more PEM certificates) and, when [tls] crl
 is set, is not on that CRL; otherwise the handshake fails.  TLS 1.2 is the
 minimum.  Which frontend a verified certificate belongs to is decided per
-request by its SHA-256 fingerprint (kree.api.resource), so revoking a
+request by its SHA-256 fingerprint (kree.web.resource), so revoking a
 frontend takes effect on its next request.
 """
 
