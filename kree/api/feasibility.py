@@ -6,8 +6,8 @@ upload must be the frontend's own, the workflow fetched and validated by the
 engine with the admin's actor policy and the software here; parameter
 names), plus resources against this machine and the configured
 limits, and data locality: inputs already in the cache need no staging.
-For Slurm, C{sbatch --test-only} says whether the cluster would take the job
-and when it expects to start it.  A check that hits a C{[validation]} limit is
+A backend's test_submission (Slurm's: C{sbatch --test-only}) says whether it
+would take the job and when it expects to start it.  A check that hits a C{[validation]} limit is
 a reason; when all checkers are busy the answer is 503 C{busy} (Retry-After).
 """
 
@@ -42,8 +42,10 @@ class FeasibilityApi:
         workflow = jobspec.check_uri(body.get("workflow"))
         parameters = jobspec.check_parameters(body.get("parameters"))
         inputs = jobspec.check_inputs(body.get("inputs"))
+        # A backend installed here but not enabled is a reason, not a 422.
         resources = jobspec.WalltimeLimits.from_config(self._config.supervisor).apply(
-            jobspec.check_resources(body.get("resources")))
+            jobspec.check_resources(body.get("resources"), self._config.backends,
+                                    installed=self._config.installed_backends))
         reasons: list[str] = []
 
         try:
@@ -96,11 +98,12 @@ class FeasibilityApi:
     def _resource_reasons(self, resources: dict[str, Any]) -> list[str]:
         reasons = []
         backend = resources.get("backend", self._config.supervisor.default_backend)
+        offered = self._supervisor.backends.get(backend)
         if backend not in self._config.backends:
             reasons.append(f"backend {backend}: not available on this server "
                            f"(offered: {', '.join(self._config.backends)})")
-        elif backend != "local":
-            return reasons  # the batch system judges CPUs and memory of its nodes
+        elif offered is not None and not offered.on_this_machine:
+            return reasons  # a batch system judges the CPUs and memory of its nodes
         cores = os.cpu_count() or 1
         if resources.get("cpus", 1) > cores:
             reasons.append(f"cpus {resources['cpus']}: this machine has {cores}")
