@@ -153,3 +153,17 @@ def test_a_broken_backend_is_a_configuration_error_naming_it(tmp_path, monkeypat
         "backend 'wrong' (kree_wrong:NotABackend) is not a kree.backends.Backend named 'wrong'"]
     with pytest.raises(ConfigError):
         registry.installed()
+
+
+def test_each_backend_words_its_own_admin_status():
+    """kree-admin status asks the backend's class, not a list of names, how to show it."""
+    assert LocalBackend.describe_status({"name": "local", "jobs": 1, "limit": 4}) == ("", [])
+    more, lines = SlurmBackend.describe_status({
+        "name": "slurm", "jobs": 2, "limit": 1000, "controller": "up", "pause_method": "suspend",
+        "accounting": None, "last_poll_seconds_ago": 1.5,
+        "queue": [{"job": "j1", "slurm_job_id": 41, "state": "PENDING", "reason": "Resources",
+                   "node": ""},
+                  {"job": "j2", "slurm_job_id": 42, "state": None, "reason": "None",
+                   "node": "node7"}]})
+    assert more == "; controller up (asked 1.5 s ago); pause by suspend; accounting not asked yet"
+    assert lines == ["  j1  Slurm job 41  PENDING  Resources", "  j2  Slurm job 42  ?  on node7"]

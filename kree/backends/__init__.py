@@ -165,6 +165,15 @@ class Backend(abc.ABC):
         """What kree-admin status shows of this backend, besides its job counts."""
         return {}
 
+    @classmethod
+    def describe_status(cls, status: dict[str, Any]) -> tuple[str, list[str]]:
+        """
+        kree-admin status in words, from what L{status} said (in the admin's
+        process, which has no backend object): more for the backend's line,
+        and lines of its own (default: nothing more).
+        """
+        return "", []
+
     async def test_submission(self, resources: dict[str, Any]) -> tuple[str | None, str | None]:
         """
         Whether and when a job with these resources would start, without

@@ -836,6 +836,20 @@ class SlurmBackend(Backend):
             return None, "; ".join(dict.fromkeys(w for w in words if w)) or f"exit code {code}"
         return parse_test_only(err + out), None
 
+    @classmethod
+    def describe_status(cls, status: dict[str, Any]) -> tuple[str, list[str]]:
+        """kree-admin status: the controller, and a line per KREE job in Slurm's queue."""
+        accounting = {True: "yes", False: "no", None: "not asked yet"}[status["accounting"]]
+        asked = status.get("last_poll_seconds_ago")
+        more = (f"; controller {status['controller']}"
+                + (f" (asked {asked:g} s ago)" if asked is not None else "")
+                + f"; pause by {status['pause_method']}; accounting {accounting}")
+        lines = [f"  {entry['job']}  Slurm job {entry['slurm_job_id']}  {entry['state'] or '?'}"
+                 + (f"  {entry['reason']}" if entry['reason'] not in ("", "None") else "")
+                 + (f"  on {entry['node']}" if entry['node'] else "")
+                 for entry in status.get("queue", [])]
+        return more, lines
+
     async def wait_exited(self, job_id: str) -> None:
         followed = self.jobs.get(job_id)
         if followed is not None:
