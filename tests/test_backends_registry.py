@@ -167,3 +167,30 @@ def test_each_backend_words_its_own_admin_status():
                    "node": "node7"}]})
     assert more == "; controller up (asked 1.5 s ago); pause by suspend; accounting not asked yet"
     assert lines == ["  j1  Slurm job 41  PENDING  Resources", "  j2  Slurm job 42  ?  on node7"]
+
+
+@pytest.mark.parametrize("section", ["backends.slurm", "slurm"])
+def test_kreed_offers_an_enabled_backend_and_says_so(tmp_path, section):
+    """
+    A live kreed with the Slurm backend enabled (under its new and its old
+    section name) offers it in /v1 and kree-admin status, whether or not a
+    cluster answers: here its commands are looked for in an empty directory.
+    """
+    from live import LiveKree
+
+    (tmp_path / "no-slurm").mkdir()
+    server = LiveKree(tmp_path, frontends=("portal",),
+                      config_text=f'[{section}]\nenabled = true\nbin_dir = "no-slurm"\n'
+                                  "max_jobs = 5\n").start()
+    try:
+        portal = server.client("portal")
+        assert portal.get("/v1/service-info").json["backends"] == ["local", "slurm"]
+        assert portal.get("/v1/capabilities").json["backends"] == ["local", "slurm"]
+        status = server.admin("status")
+        assert status.returncode == 0, status.stderr
+        assert "backend local: 0 of " in status.stdout
+        assert "backend slurm: 0 of 5 jobs; controller unreachable: squeue" in status.stdout
+    finally:
+        server.stop()
+    deprecated = "[slurm] is deprecated; call it [backends.slurm]"
+    assert (deprecated in server.log) == (section == "slurm")
