@@ -9,6 +9,11 @@ Configuration is data: nothing in the file is executed.  All problems (unknown
 sections or keys, wrong types, bad values) are collected and reported at once
 in one L{ConfigError}.
 
+Execution backends are configured under C{[backends.<name>]}: the sections
+of the backends installed (L{kree.backends.registry}), each checked against
+its class's C{config_type}; a backend's old top-level section (C{[slurm]})
+is still read, with a warning.
+
 Precedence for the state directory: the C{--state-dir} flag, then
 C{state_dir} in the file, then C{$KREE_STATE_DIR}, then C{./kree-state}.
 Relative paths in a file are relative to the file's directory.
@@ -376,7 +381,10 @@ def load_config(
         problems.append("supervisor.default_walltime_seconds: must not exceed "
                         f"max_walltime_seconds ({supervisor.max_walltime_seconds})")
     default_backend = supervisor.default_backend
-    if default_backend not in enabled and default_backend in classes:
+    if not classes:
+        problems.append(f"no execution backend is installed (entry point group "
+                        f"{registry.GROUP}): install kree again (pip install -e .)")
+    elif default_backend not in enabled and default_backend in classes:
         problems.append(f'supervisor.default_backend: "{default_backend}" needs '
                         f'[backends.{default_backend}] enabled = true')
     elif default_backend not in enabled:
