@@ -70,11 +70,11 @@ class Backend(abc.ABC):
     #: name of its entry point in the C{kree.backends} group.
     name: ClassVar[str]
     #: The attrs class of its C{[backends.<name>]} section.  Every field has
-    #: a default; C{enabled: bool} switches it on (a backend without that
-    #: field is L{always_enabled}), C{job_root: str} puts its jobs'
-    #: directories elsewhere, C{max_jobs: int} caps its jobs at once.  Field
-    #: metadata refines the checks: C{choices} (a tuple), C{positive}
-    #: (greater than 0), C{path} (relative to the configuration file).
+    #: a default; C{enabled: bool} switches it on (unless it is
+    #: L{always_enabled}, and then it has no such field), C{job_root: str}
+    #: puts its jobs' directories elsewhere.  Field metadata refines the
+    #: checks: C{choices} (a tuple), C{positive} (greater than 0), C{path}
+    #: (relative to the configuration file).
     config_type: ClassVar[type] = NoSettings
     #: Offered whatever the configuration says (the engines on this machine).
     always_enabled: ClassVar[bool] = False
