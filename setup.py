@@ -58,5 +58,11 @@ setup(
             "kree = kree.cli:main",
             "kree-engine = kree.engine.cli:main",
         ],
+        # Execution backends (kree.backends.registry): a backend of another
+        # distribution is installed the same way, under its own name.
+        "kree.backends": [
+            "local = kree.backends.local:LocalBackend",
+            "slurm = kree.backends.slurm:SlurmBackend",
+        ],
     },
 )

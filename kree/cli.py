@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--input", metavar="NAME=URI", type=input_uri, action="append",
                         default=[], help="an input to stage into the job (repeatable)")
     submit.add_argument("--resource", metavar="KEY=VALUE", type=answer, action="append",
-                        default=[], help="a resource: backend (local or slurm), cpus, memory "
+                        default=[], help="a resource: backend (one the server offers: GET "
+                        "/v1/capabilities), cpus, memory "
                         "(4096, \"512M\"), walltime (seconds or [D-]HH:MM:SS), partition, "
                         "priority, input_timeout, outputs_to; VALUE is JSON if it parses as "
                         "JSON, else a string (repeatable)")

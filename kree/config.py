@@ -9,6 +9,11 @@ Configuration is data: nothing in the file is executed.  All problems (unknown
 sections or keys, wrong types, bad values) are collected and reported at once
 in one L{ConfigError}.
 
+Execution backends are configured under C{[backends.<name>]}: the sections
+of the backends installed (L{kree.backends.registry}), each checked against
+its class's C{config_type}; a backend's old top-level section (C{[slurm]})
+is still read, with a warning.
+
 Precedence for the state directory: the C{--state-dir} flag, then
 C{state_dir} in the file, then C{$KREE_STATE_DIR}, then C{./kree-state}.
 Relative paths in a file are relative to the file's directory.
@@ -20,10 +25,13 @@ import typing
 from pathlib import Path
 
 import attrs
+from twisted.logger import Logger
 
+from kree.backends import registry
 from kree.errors import ConfigError
 
 DEFAULT_STATE_DIR = "kree-state"
+log = Logger()
 
 
 @attrs.frozen
@@ -95,34 +103,6 @@ class SupervisorConfig:
 
 
 @attrs.frozen
-class SlurmConfig:
-    # Hand jobs to Slurm (resources.backend = "slurm", or default_backend).
-    enabled: bool = False
-    # Where Slurm jobs' directories go: a path every compute node sees at the
-    # same place.  Empty: <state-dir>/jobs (enough for a single node).
-    job_root: str = ""
-    # The Python on the compute nodes that has kree installed; empty: kreed's own.
-    python: str = ""
-    # Partition for jobs that name none; empty: the cluster's default.
-    partition: str = ""
-    # Directory of sbatch, squeue, scontrol, scancel and sacct; empty: PATH.
-    bin_dir: str = ""
-    # Seconds between the one squeue call that observes every KREE job.
-    poll_seconds: float = 2.0
-    # Seconds between reads of running jobs' events files.
-    events_poll_seconds: float = 0.5
-    # "suspend": scontrol suspend/resume (needs a Slurm operator or admin);
-    # "signal": scancel --signal=STOP/CONT to the job's processes.
-    pause_method: str = "suspend"
-    # KREE jobs handed to Slurm at once (pending or running).
-    max_jobs: int = 1000
-    # More sbatch arguments for every job, e.g. ["--account=physics"].
-    sbatch_args: list[str] = attrs.field(factory=list)
-    # Seconds to wait for one Slurm command before taking it as failed.
-    command_timeout_seconds: float = 30.0
-
-
-@attrs.frozen
 class EventsConfig:
     # Seconds before each retry of a failed delivery; after the last, the
     # delivery is given up.  The default reaches about a day (~1.9 days in all).
@@ -168,7 +148,6 @@ _SECTIONS = {
     "fetch": FetchConfig,
     "supervisor": SupervisorConfig,
     "events": EventsConfig,
-    "slurm": SlurmConfig,
     "validation": ValidationConfig,
     "log": LogConfig,
 }
@@ -177,16 +156,12 @@ _POSITIVE = {("supervisor", "monitor_interval_seconds"), ("server", "max_body_by
              ("server", "idle_timeout_seconds"), ("server", "request_head_timeout_seconds"),
              ("supervisor", "default_walltime_seconds"), ("supervisor", "max_walltime_seconds"),
              ("events", "timeout_seconds"), ("events", "max_in_flight"),
-             ("events", "failing_after"), ("slurm", "poll_seconds"),
-             ("slurm", "events_poll_seconds"), ("slurm", "max_jobs"),
-             ("slurm", "command_timeout_seconds")}
+             ("events", "failing_after")}
 _POSITIVE |= {("validation", "timeout_seconds"), ("validation", "max_memory_bytes"),
               ("validation", "max_concurrent")}
 
 _CHOICES = {
     ("store", "sqlite_synchronous"): ("normal", "full"),
-    ("supervisor", "default_backend"): ("local", "slurm"),
-    ("slurm", "pause_method"): ("suspend", "signal"),
     ("log", "format"): ("auto", "text", "json"),
     ("log", "level"): ("debug", "info", "warn", "error"),
 }
@@ -201,11 +176,17 @@ class Config:
     fetch: FetchConfig = FetchConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
     events: EventsConfig = EventsConfig()
-    slurm: SlurmConfig = SlurmConfig()
     validation: ValidationConfig = ValidationConfig()
     log: LogConfig = LogConfig()
     # The file this came from, if any.
     source: Path | None = None
+    # Every installed backend's [backends.<name>] settings (its config_type),
+    # by name, in the registry's order; defaults where the file has none.
+    backend_settings: dict[str, typing.Any] = attrs.field(
+        factory=lambda: {name: cls.config_type() for name, cls in registry.installed().items()})
+    # The execution backends this server offers (the enabled ones).
+    backends: tuple[str, ...] = attrs.field(
+        default=attrs.Factory(lambda self: _enabled(self.backend_settings), takes_self=True))
 
     @property
     def store_url(self) -> str:
@@ -224,15 +205,13 @@ class Config:
         return self.state_dir / "jobs"
 
     @property
-    def backends(self) -> tuple[str, ...]:
-        """The execution backends this server offers."""
-        return ("local", "slurm") if self.slurm.enabled else ("local",)
+    def installed_backends(self) -> tuple[str, ...]:
+        """Every backend installed, offered or not."""
+        return tuple(self.backend_settings)
 
     def job_root(self, backend: str) -> Path:
         """Where the directories of jobs on C{backend} go."""
-        if backend == "slurm" and self.slurm.job_root:
-            return Path(self.slurm.job_root)
-        return self.jobs_dir
+        return registry.job_root(self.backend_settings.get(backend), self.jobs_dir)
 
     @property
     def cache_dir(self) -> Path:
@@ -301,19 +280,42 @@ def load_config(
         except tomllib.TOMLDecodeError as e:
             raise ConfigError([f"{path}: not valid TOML: {e}"]) from None
 
+    classes = registry.installed(problems)
+    old_sections = {cls.old_section: name for name, cls in classes.items()
+                    if cls.old_section and cls.old_section not in _SECTIONS}
     sections = {}
+    backend_tables: dict[str, tuple[str, dict]] = {}  # name -> (as written, table)
     for key, value in data.items():
         if key == "state_dir":
             if not isinstance(value, str) or not value:
                 problems.append("state_dir: must be a non-empty string")
             continue
-        if key not in _SECTIONS:
+        if key not in _SECTIONS and key not in old_sections and key != "backends":
             problems.append(f"unknown section or key {key!r}")
             continue
         if not isinstance(value, dict):
             problems.append(f"[{key}] must be a table")
             continue
-        sections[key] = _section(key, _SECTIONS[key], value, problems)
+        if key == "backends":
+            for name, table in value.items():
+                if name not in classes:
+                    problems.append(f"[backends.{name}]: no backend {name!r} is installed "
+                                    f"(installed: {', '.join(classes) or 'none'})")
+                elif not isinstance(table, dict):
+                    problems.append(f"[backends.{name}] must be a table")
+                else:
+                    backend_tables[name] = (f"backends.{name}", table)
+        elif key in old_sections:
+            name = old_sections[key]
+            if isinstance(data.get("backends"), dict) and name in data["backends"]:
+                problems.append(f"[{key}] and [backends.{name}] are both given: [{key}] is the "
+                                f"old name of [backends.{name}]; keep only that one")
+                continue
+            log.warn("configuration: [{old}] is deprecated; call it [backends.{name}]",
+                     old=key, name=name)
+            backend_tables[name] = (key, value)
+        else:
+            sections[key] = _section(key, _SECTIONS[key], value, problems)
 
     if listen is not None:
         sections["server"] = attrs.evolve(sections.get("server", ServerConfig()), listen=listen)
@@ -350,33 +352,58 @@ def load_config(
             file_roots=[str(base / root) for root in sections["fetch"].file_roots],
         )
 
-    if "slurm" in sections:
-        slurm = sections["slurm"]
-        sections["slurm"] = attrs.evolve(slurm, **{
-            name: str(base / getattr(slurm, name))
-            for name in ("job_root", "bin_dir") if getattr(slurm, name)})
+    backend_settings = {}
+    for name, cls in classes.items():
+        if name in backend_tables:
+            label, table = backend_tables[name]
+            settings = _section(label, cls.config_type, table, problems)
+        else:
+            settings = cls.config_type()
+        backend_settings[name] = attrs.evolve(settings, **{
+            field.name: str(base / getattr(settings, field.name))
+            for field in attrs.fields(type(settings))
+            if field.metadata.get("path") and getattr(settings, field.name)})
+    enabled = _enabled(backend_settings, classes)
     supervisor = sections.get("supervisor", SupervisorConfig())
     if supervisor.max_walltime_seconds > 366 * 24 * 3600:
         problems.append("supervisor.max_walltime_seconds: at most a year (31622400)")
     if supervisor.default_walltime_seconds > supervisor.max_walltime_seconds:
         problems.append("supervisor.default_walltime_seconds: must not exceed "
                         f"max_walltime_seconds ({supervisor.max_walltime_seconds})")
-    default_backend = sections.get("supervisor", SupervisorConfig()).default_backend
-    if default_backend == "slurm" and not sections.get("slurm", SlurmConfig()).enabled:
-        problems.append('supervisor.default_backend: "slurm" needs [slurm] enabled = true')
+    default_backend = supervisor.default_backend
+    if not classes:
+        problems.append(f"no execution backend is installed (entry point group "
+                        f"{registry.GROUP}): install kree again (pip install -e .)")
+    elif default_backend not in enabled and default_backend in classes:
+        problems.append(f'supervisor.default_backend: "{default_backend}" needs '
+                        f'[backends.{default_backend}] enabled = true')
+    elif default_backend not in enabled:
+        problems.append(f'supervisor.default_backend: no backend "{default_backend}" is '
+                        f'installed (installed: {", ".join(classes) or "none"})')
 
     if problems:
         raise ConfigError(problems)
-    return Config(state_dir=chosen.absolute(), source=source, **sections)
+    return Config(state_dir=chosen.absolute(), source=source, backend_settings=backend_settings,
+                  backends=enabled, **sections)
+
+
+def _enabled(backend_settings: dict[str, typing.Any],
+             classes: dict[str, type] | None = None) -> tuple[str, ...]:
+    """The names of the backends these settings enable."""
+    classes = registry.installed() if classes is None else classes
+    return tuple(name for name, settings in backend_settings.items()
+                 if name in classes and registry.is_enabled(classes[name], settings))
 
 
 def _section(name: str, cls: type, values: dict, problems: list[str]):
-    fields = {f.name: f for f in attrs.fields(cls)}
+    # A backend's settings class may be written with postponed annotations.
+    fields = {f.name: f for f in attrs.fields(attrs.resolve_types(cls))}
     accepted = {}
     for key, value in values.items():
         field = fields.get(key)
         if field is None:
-            problems.append(f"[{name}] unknown key {key!r} (known: {', '.join(fields)})")
+            known = f"known: {', '.join(fields)}" if fields else "it has no keys"
+            problems.append(f"[{name}] unknown key {key!r} ({known})")
             continue
         error = _type_error(value, field.type)
         if error:
@@ -384,14 +411,14 @@ def _section(name: str, cls: type, values: dict, problems: list[str]):
             continue
         if field.type is float:
             value = float(value)
-        choices = _CHOICES.get((name, key))
+        choices = _CHOICES.get((name, key)) or field.metadata.get("choices")
         if choices and value not in choices:
             problems.append(f"{name}.{key}: must be one of {', '.join(choices)}, not {value!r}")
             continue
         if field.type in (int, float) and value < 0:
             problems.append(f"{name}.{key}: must not be negative")
             continue
-        if (name, key) in _POSITIVE and value <= 0:
+        if ((name, key) in _POSITIVE or field.metadata.get("positive")) and value <= 0:
             problems.append(f"{name}.{key}: must be greater than 0")
             continue
         accepted[key] = value

@@ -90,7 +90,7 @@ class FeasibilityService:
         if offered is None:
             reasons.append(f"backend {backend}: not available on this server "
                            f"(offered: {', '.join(self._backends)})")
-        if offered is None or not offered.batch:
+        if offered is None or offered.on_this_machine:
             # A batch system judges the CPUs and memory of its own nodes.
             reasons += self._machine_reasons(resources)
         if offered is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, Collection
 from urllib.parse import urlsplit
 
 import attrs
@@ -32,7 +32,6 @@ WORKFLOW_SCHEMES = ("https", "http", "file", "kree")
 INPUT_SCHEMES = ("https", "http", "file")
 KREE_WORKFLOW = re.compile(r"^kree:workflow/([0-9a-f]{64})$")
 INPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
-BACKENDS = ("local", "slurm")
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _DURATION = re.compile(r"^(?:(?:(\d+)-)?(\d+):)?(\d+):(\d+)$")
@@ -228,10 +227,15 @@ def parse_duration(value: Any, field: str, maximum: int = MAX_DURATION_SECONDS) 
     return max(1, int(total))
 
 
-def check_resources(value: Any) -> dict[str, Any]:
+def check_resources(value: Any, backends: Collection[str], *,
+                    installed: Collection[str] = ()) -> dict[str, Any]:
     """
     Resources, normalised: backend, cpus, memory (bytes), walltime (seconds),
     priority, input_timeout (seconds), partition, outputs_to (URL).
+
+    @param backends: the backends this server offers (C{Config.backends}).
+    @param installed: names accepted too although not offered (feasibility
+        says why such a job cannot run instead of refusing the question).
     """
     if value is None:
         return {}
@@ -245,10 +249,13 @@ def check_resources(value: Any) -> dict[str, Any]:
                              unknown=unknown)
     out: dict[str, Any] = {}
     if "backend" in value:
-        if value["backend"] not in BACKENDS:
-            raise InvalidJobSpec("invalid_resources", f"backend must be one of {', '.join(BACKENDS)}",
-                                 field="backend")
-        out["backend"] = value["backend"]
+        backend = value["backend"]
+        if not isinstance(backend, str) or (backend not in backends
+                                            and backend not in installed):
+            raise InvalidJobSpec(
+                "invalid_resources", f"backend {backend!r} is not enabled on this server "
+                f"(offered: {', '.join(backends)})", field="backend")
+        out["backend"] = backend
     if "cpus" in value:
         cpus = value["cpus"]
         if not isinstance(cpus, int) or isinstance(cpus, bool) or not 1 <= cpus <= MAX_CPUS:

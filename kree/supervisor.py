@@ -2,11 +2,11 @@
 The supervisor: turns QUEUED jobs into running engines, and keeps watch.
 
 - Backends: each job runs on the backend its record names (chosen at
-  creation: resources.backend, else [supervisor] default_backend):
-  kree.backends.local, and kree.backends.slurm when [slurm] enabled.
+  creation: resources.backend, else [supervisor] default_backend): the
+  enabled backends, built by kree.backends.registry.build_backends.
 - Dispatch: per backend, QUEUED jobs in order (priority, then time queued)
-  while that backend's limit (local: [supervisor] max_running, 0 = cores;
-  slurm: [slurm] max_jobs) and the per-frontend limit allow.  On the local
+  while that backend's limit (its max_jobs, else [supervisor] max_running,
+  0 = cores) and the per-frontend limit allow.  On the local
   backend a job becomes RUNNING before its engine starts (so a pause or stop
   that arrives meanwhile finds it); a batch backend keeps it QUEUED, handed
   over, until the batch system starts it.  A job FAILS with the reason if its
@@ -43,6 +43,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from kree import jobdir
+from kree.backends.registry import build_backends
 from kree.errors import DatabaseUnavailable, InvalidTransition, JobNotFound, KreeError
 from kree.records import Event, Job
 from kree.states import Action, JobState
@@ -86,12 +87,11 @@ class Supervisor(Service):
         self.grace = settings.stop_grace_seconds
         self.default_backend = settings.default_backend
         if backends is None:
-            backends = self._make_backends(config, reactor)
+            backends = build_backends(config, reactor, self)
         self.backends = backends
         # How many of a backend's jobs may be handed to it at once.
-        self.limits = {name: self.max_running for name in backends}
-        if "slurm" in backends:
-            self.limits["slurm"] = config.slurm.max_jobs
+        self.limits = {name: self.max_running if backend.max_jobs is None else backend.max_jobs
+                       for name, backend in backends.items()}
         self._locks: dict[str, DeferredLock] = {}
         self._running_frontend: dict[str, int] = {}  # job id -> frontend id
         self._running_backend: dict[str, str] = {}  # job id -> backend name
@@ -106,16 +106,6 @@ class Supervisor(Service):
         self._applying_events = False
         self._monitor = LoopingCall(self._sample)
         self._monitor.clock = reactor
-
-    def _make_backends(self, config, reactor) -> dict[str, Any]:
-        from kree.backends.local import LocalBackend
-
-        backends: dict[str, Any] = {"local": LocalBackend(reactor, self)}
-        if config.slurm.enabled:
-            from kree.backends.slurm import SlurmBackend
-
-            backends["slurm"] = SlurmBackend(reactor, self, config.slurm)
-        return backends
 
     def backend_of(self, job: Job):
         """The backend a job runs on (its record's, else the default)."""

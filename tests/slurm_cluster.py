@@ -18,7 +18,7 @@ SLURM_CONFIG = """
 [supervisor]
 stop_grace_seconds = 3
 monitor_interval_seconds = 0.5
-[slurm]
+[backends.slurm]
 enabled = true
 poll_seconds = 0.5
 events_poll_seconds = 0.2

@@ -361,7 +361,14 @@ def test_parameters_inputs_and_resources_only_while_new(portal, workflow):
     assert portal.put(f"{path}/inputs/x", {}).error == "invalid_uri"
     reply = portal.put(f"{path}/resources", {"walltime": 3600, "priority": 5, "backend": "local"})
     assert reply.json["resources"] == {"walltime": 3600, "priority": 5, "backend": "local"}
-    assert portal.put(f"{path}/resources", {"backend": "cloud"}).status == 422
+    # Only the backends this server offers: no such backend, and one installed but not
+    # enabled here, are refused alike.
+    for backend in ("cloud", "slurm", 7):
+        reply = portal.put(f"{path}/resources", {"backend": backend})
+        assert reply.status == 422 and reply.error == "invalid_resources", backend
+        assert reply.json["error"]["details"] == {"field": "backend"}
+        assert reply.json["error"]["message"] == (
+            f"backend {backend!r} is not enabled on this server (offered: local)")
     portal.post(f"{path}/queue")
     for reply in (portal.patch(f"{path}/parameters", {".hello.Ramp.init": 3}),
                   portal.put(f"{path}/inputs/late.csv", {"uri": "https://x.org/a"}),

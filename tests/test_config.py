@@ -146,25 +146,91 @@ def test_documented_example_is_valid_and_documents_every_key():
         assert f"[{section}]" in text
         for field in attrs.fields(cls):
             assert f"{field.name} =" in text, f"{section}.{field.name} is not documented"
+    # Each installed backend's section, with every key of it, after its header.
+    for name, settings in load_config(example, environ={}).backend_settings.items():
+        assert f"[backends.{name}]" in text, f"[backends.{name}] is not documented"
+        own = text.split(f"[backends.{name}]", 1)[1].split("\n[", 1)[0]
+        for field in attrs.fields(type(settings)):
+            assert f"\n{field.name} =" in own, f"backends.{name}.{field.name} is not documented"
+    assert "\n[slurm]" not in text, "the example uses the deprecated name"
 
 
 def test_the_slurm_section(tmp_path):
     config = load_config(write(tmp_path, '[supervisor]\ndefault_backend = "slurm"\n'
-                                         '[slurm]\nenabled = true\njob_root = "shared/jobs"\n'
+                                         '[backends.slurm]\nenabled = true\n'
+                                         'job_root = "shared/jobs"\n'
                                          'bin_dir = "slurm/bin"\nsbatch_args = ["--qos=x"]\n'))
     assert config.backends == ("local", "slurm")
     assert config.job_root("slurm") == tmp_path / "shared" / "jobs"
     assert config.job_root("local") == config.jobs_dir
-    assert config.slurm.bin_dir == str(tmp_path / "slurm" / "bin")
-    assert config.slurm.pause_method == "suspend" and config.slurm.max_jobs == 1000
+    slurm = config.backend_settings["slurm"]
+    assert slurm.bin_dir == str(tmp_path / "slurm" / "bin")
+    assert slurm.pause_method == "suspend" and slurm.max_jobs == 1000
+    assert slurm.sbatch_args == ["--qos=x"]
 
     assert load_config(write(tmp_path, "")).backends == ("local",)
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, '[supervisor]\ndefault_backend = "slurm"\n'
-                                    '[slurm]\npause_method = "freeze"\npoll_seconds = 0\n'
-                                    'sbatch_args = "--qos=x"\n'))
+                                    '[backends.slurm]\npause_method = "freeze"\n'
+                                    'poll_seconds = 0\nsbatch_args = "--qos=x"\nqueue = 1\n'))
     problems = caught.value.problems
-    assert 'supervisor.default_backend: "slurm" needs [slurm] enabled = true' in problems
-    assert any(p.startswith("slurm.pause_method: must be one of suspend, signal") for p in problems)
-    assert "slurm.poll_seconds: must be greater than 0" in problems
-    assert "slurm.sbatch_args: must be a list of str" in problems
+    assert ('supervisor.default_backend: "slurm" needs [backends.slurm] enabled = true'
+            in problems)
+    assert any(p.startswith("backends.slurm.pause_method: must be one of suspend, signal")
+               for p in problems)
+    assert "backends.slurm.poll_seconds: must be greater than 0" in problems
+    assert "backends.slurm.sbatch_args: must be a list of str" in problems
+    assert any(p.startswith("[backends.slurm] unknown key 'queue'") for p in problems)
+    assert len(problems) == 5
+
+
+def test_the_old_slurm_section_still_works_with_a_warning(tmp_path):
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        config = load_config(write(tmp_path, '[slurm]\nenabled = true\njob_root = "shared"\n'
+                                             'max_jobs = 7\n'))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert config.backends == ("local", "slurm")
+    assert config.backend_settings["slurm"].max_jobs == 7
+    assert config.job_root("slurm") == tmp_path / "shared"
+    warnings = [e for e in events if e.get("old") == "slurm"]
+    assert len(warnings) == 1 and warnings[0]["log_level"].name == "warn"
+    assert warnings[0]["name"] == "slurm"
+
+    # Its old name in the messages, as the file has it.
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, '[slurm]\npoll_seconds = 0\n'))
+    assert caught.value.problems == ["slurm.poll_seconds: must be greater than 0"]
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, '[slurm]\nenabled = true\n'
+                                    '[backends.slurm]\nenabled = true\n'))
+    assert caught.value.problems == [
+        "[slurm] and [backends.slurm] are both given: [slurm] is the old name of "
+        "[backends.slurm]; keep only that one"]
+
+
+def test_a_backend_that_is_not_installed_is_refused_by_name(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, '[backends.nope]\nenabled = true\n'
+                                    '[backends.local]\nenabled = true\n'))
+    assert caught.value.problems == [
+        "[backends.nope]: no backend 'nope' is installed (installed: local, slurm)",
+        "[backends.local] unknown key 'enabled' (it has no keys)"]
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, 'backends = 3\n'))
+    assert caught.value.problems == ["[backends] must be a table"]
+
+
+def test_the_default_backend_must_be_installed_and_enabled(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, '[supervisor]\ndefault_backend = "cloud"\n'))
+    assert caught.value.problems == [
+        'supervisor.default_backend: no backend "cloud" is installed (installed: local, slurm)']
+    config = load_config(write(tmp_path, '[supervisor]\ndefault_backend = "slurm"\n'
+                                         '[backends.slurm]\nenabled = true\n'))
+    assert config.supervisor.default_backend == "slurm"

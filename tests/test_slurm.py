@@ -18,7 +18,7 @@ import time
 import pytest
 
 from kree.backends import slurm
-from kree.config import SlurmConfig
+from kree.backends.slurm import SlurmConfig
 from kree.records import Job
 from live import LiveKree, kill_active_jobs, submit, wait_for_state
 from slurm_cluster import SLURM_CONFIG, require_slurm, show_job, slurm_job, slurm_jobs
@@ -141,7 +141,7 @@ def test_resources_become_sbatch_options(portal):
         "partition": "debug"}, parameters={".sleeper.period": 100})
     wait_for_state(portal, job["id"], "RUNNING")
     fields = show_job(slurm_job(job["id"])[0])
-    # [slurm] sbatch_args (--time=1 here) come after the job's own options.
+    # [backends.slurm] sbatch_args (--time=1 here) come after the job's own options.
     assert fields["Partition"] == "debug" and fields["TimeLimit"] == "00:01:00"
     assert fields["NumCPUs"] == "1" and fields["MinMemoryNode"] == "100M"
     assert fields["JobName"] == f"kree-{job['id']}" and fields["Requeue"] == "0"

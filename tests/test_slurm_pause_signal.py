@@ -1,5 +1,5 @@
 """
-[slurm] pause_method = "signal": where KREE's user may not suspend jobs,
+[backends.slurm] pause_method = "signal": where KREE's user may not suspend jobs,
 pause is SIGSTOP to the job's processes (scancel --signal=STOP --full) and
 resume is SIGCONT; Slurm shows the job STOPPED, then RUNNING again.
 """

@@ -110,7 +110,7 @@ def test_a_slurm_job_whose_id_never_reached_the_store_is_found_by_name(tmp_path)
     the job is still QUEUED without a backend reference and is dispatched
     again: the backend must find the Slurm job by its name, not submit a
     second one.  Here the "earlier" submission is made by hand (held, so it
-    waits), while [slurm] max_jobs = 1 keeps the KREE job from being handed
+    waits), while [backends.slurm] max_jobs = 1 keeps the KREE job from being handed
     to Slurm until the blocker ends.
     """
     require_slurm()

@@ -38,6 +38,7 @@ from typing import Any, Iterator
 
 from kree import __version__, credentials, pki
 from kree.admin import client as admin_client
+from kree.backends import registry
 from kree.config import Config, load_config
 from kree.engine import software as engine_software
 from kree.engine.policy import valid_policy
@@ -198,9 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status", help="is kreed up; jobs by state, queue, backends, failing subscriptions",
         description="Ask the running kreed (admin socket) for its status: jobs by state, "
-        "each execution backend with its jobs and limit (for Slurm: whether the "
-        "controller answers, and KREE's jobs in its queue with Slurm's job id, state, "
-        "reason and node), and failing subscriptions. When it is not running, say so "
+        "each execution backend with its jobs and limit and what it reports (a batch "
+        "system such as Slurm: whether its controller answers, and KREE's jobs in its "
+        "queue), and failing subscriptions. When it is not running, say so "
         "(exit 1) and show what the database holds.")
     status.set_defaults(handler=daemon_status)
     _add_jobs_commands(commands)
@@ -1048,20 +1049,14 @@ def daemon_status(config: Config, args) -> dict[str, Any]:
         f"queue: {status['queue_length']} waiting; engines: {status['running_engines']} "
         f"running",
     ]
+    # Each backend words what its status() said; one not installed here shows its counts.
+    classes = registry.installed(problems=[])
     for backend in status["backends"]:
         line = f"backend {backend['name']}: {backend['jobs']} of {backend['limit']} jobs"
-        if "controller" in backend:
-            accounting = {True: "yes", False: "no", None: "not asked yet"}[backend["accounting"]]
-            asked = backend.get("last_poll_seconds_ago")
-            line += (f"; controller {backend['controller']}"
-                     + (f" (asked {asked:g} s ago)" if asked is not None else "")
-                     + f"; pause by {backend['pause_method']}; accounting {accounting}")
-        lines.append(line)
-        for entry in backend.get("queue", []):
-            lines.append(f"  {entry['job']}  Slurm job {entry['slurm_job_id']}  "
-                         f"{entry['state'] or '?'}"
-                         + (f"  {entry['reason']}" if entry['reason'] not in ("", "None") else "")
-                         + (f"  on {entry['node']}" if entry['node'] else ""))
+        cls = classes.get(backend["name"])
+        more, own = cls.describe_status(backend) if cls is not None else ("", [])
+        lines.append(line + more)
+        lines += own
     lines.append(
         f"subscriptions: {status['subscriptions']['active']} active, {len(failing)} failing")
     lines += [f"  failing: {f['id']} {f['url']} ({f['last_error']})" for f in failing]

@@ -18,9 +18,12 @@ from kree.web.routing import Call, Router
 
 class FeasibilityApi:
     def __init__(self, feasibility: FeasibilityService, *,
-                 walltime: jobspec.WalltimeLimits) -> None:
+                 walltime: jobspec.WalltimeLimits, backends: tuple[str, ...],
+                 installed: tuple[str, ...]) -> None:
         self._feasibility = feasibility
         self._walltime = walltime
+        self._backends = backends
+        self._installed = installed
 
     def register(self, router: Router) -> None:
         router.add("POST", "/v1/feasibility", self.feasibility)
@@ -35,6 +38,8 @@ class FeasibilityApi:
             workflow=jobspec.check_uri(body.get("workflow")),
             parameters=jobspec.check_parameters(body.get("parameters")),
             inputs=jobspec.check_inputs(body.get("inputs")),
-            resources=self._walltime.apply(jobspec.check_resources(body.get("resources"))))
+            # A backend installed here but not enabled is a reason, not a 422.
+            resources=self._walltime.apply(jobspec.check_resources(
+                body.get("resources"), self._backends, installed=self._installed)))
         answer = await self._feasibility.check(request, guard=call.while_connected)
         return attrs.asdict(answer)

@@ -160,7 +160,7 @@ class JobsApi:
 
     def _check_resources(self, value) -> dict[str, Any]:
         """Checked resources (a walltime at most [supervisor] max_walltime_seconds)."""
-        resources = self._walltime.apply(jobspec.check_resources(value))
+        resources = self._walltime.apply(jobspec.check_resources(value, self._jobs.backends))
         if "outputs_to" in resources:
             outputs.check_outputs_to(resources["outputs_to"], self._allowed_hosts)
         return resources

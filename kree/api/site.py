@@ -55,7 +55,8 @@ def build_v1(config: Config, services: V1Services, reactor) -> JsonDialect:
     WorkflowsApi(services.jobs).register(router)
     InfoApi(config, services.jobs, services.catalog).register(router)
     SubscriptionsApi(services.subscriptions).register(router)
-    FeasibilityApi(services.feasibility, walltime=walltime).register(router)
+    FeasibilityApi(services.feasibility, walltime=walltime, backends=config.backends,
+                   installed=config.installed_backends).register(router)
     return JsonDialect(PREFIX, router)
 
 

@@ -13,14 +13,22 @@ kree.backends.local runs engines as processes on this machine; a batch
 system (kree.backends.slurm) implements the same interface.  L{Backend} is
 an abstract base class: what every backend must do is abstract, and each
 optional capability is declared there with a default, so callers never probe
-for one (C{batch}, C{samples_together}, C{start_service}, C{usage_many},
-C{untracked}, C{status}, C{test_submission}).
+for one (C{batch}, C{samples_together}, C{on_this_machine}, C{max_jobs},
+C{start_service}, C{usage_many}, C{untracked}, C{status}, C{test_submission}).
+
+Each backend is an installed plug-in: the entry point group C{kree.backends}
+names its class, and its class says how it is configured (C{config_type},
+the C{[backends.<name>]} section) and built (C{from_config});
+L{kree.backends.registry} finds and builds them.  No module outside a
+backend's own spells its name.
 """
 
 from __future__ import annotations
 
 import abc
 from typing import Any, Awaitable, Callable, ClassVar, Protocol
+
+import attrs
 
 from kree.records import Job
 
@@ -50,11 +58,32 @@ class EngineObserver(Protocol):
         """
 
 
+@attrs.frozen
+class NoSettings:
+    """The settings of a backend that has none: an empty C{[backends.<name>]}."""
+
+
 class Backend(abc.ABC):
     """Where engines run: what the supervisor needs of every backend."""
 
-    #: Its name in configuration, job records and the API ("local").
+    #: Its name in configuration, job records and the API ("local"): the
+    #: name of its entry point in the C{kree.backends} group.
     name: ClassVar[str]
+    #: The attrs class of its C{[backends.<name>]} section.  Every field has
+    #: a default; C{enabled: bool} switches it on (unless it is
+    #: L{always_enabled}, and then it has no such field), C{job_root: str}
+    #: puts its jobs' directories elsewhere.  Field metadata refines the
+    #: checks: C{choices} (a tuple), C{positive} (greater than 0), C{path}
+    #: (relative to the configuration file).
+    config_type: ClassVar[type] = NoSettings
+    #: Offered whatever the configuration says (the engines on this machine).
+    always_enabled: ClassVar[bool] = False
+    #: A top-level section that configured it before C{[backends.<name>]},
+    #: still read (with a warning) so that old configuration files work.
+    old_section: ClassVar[str | None] = None
+    #: Runs engines on this machine: a job's CPUs and memory are checked
+    #: against this machine's (a batch system judges its own nodes).
+    on_this_machine: ClassVar[bool] = False
     #: Holds jobs pending: a job stays QUEUED after C{start} until the backend
     #: reports L{EngineObserver.engine_started}, and a restart adopts its
     #: QUEUED jobs too.
@@ -62,6 +91,19 @@ class Backend(abc.ABC):
     #: Samples all its jobs' usage at once, cheaper than one by one
     #: (L{usage_many}); the supervisor then monitors its jobs together.
     samples_together: ClassVar[bool] = False
+
+    #: How many jobs may be handed to it at once; None: as many as
+    #: C{[supervisor] max_running} allows.
+    max_jobs: int | None = None
+
+    @classmethod
+    def from_config(cls, reactor, observer: EngineObserver, settings: Any,
+                    config: Any) -> "Backend":
+        """
+        The backend, built from its C{settings} (a L{config_type}) and the
+        whole L{kree.config.Config} (default: C{cls(reactor, observer)}).
+        """
+        return cls(reactor, observer)
 
     async def start_service(self) -> None:
         """Awaited once at daemon start, before any job is adopted (default: nothing)."""
@@ -122,6 +164,15 @@ class Backend(abc.ABC):
     async def status(self) -> dict[str, Any]:
         """What kree-admin status shows of this backend, besides its job counts."""
         return {}
+
+    @classmethod
+    def describe_status(cls, status: dict[str, Any]) -> tuple[str, list[str]]:
+        """
+        kree-admin status in words, from what L{status} said (in the admin's
+        process, which has no backend object): more for the backend's line,
+        and lines of its own (default: nothing more).
+        """
+        return "", []
 
     async def test_submission(self, resources: dict[str, Any]) -> tuple[str | None, str | None]:
         """

@@ -137,6 +137,9 @@ class LocalEngine:
 
 class LocalBackend(Backend):
     name = "local"
+    # The engines on this machine are always offered; [backends.local] has no keys.
+    always_enabled = True
+    on_this_machine = True
     # One scan of /proc samples every job (usage_many).
     samples_together = True
     log = Logger()

@@ -7,10 +7,10 @@ C{python -m kree.engine run --no-events-fd JOBDIR}.  Its name is
 C{kree-<job id>}; partition, CPUs, memory and time limit come from the job's
 resources; C{--no-requeue}, because a requeued engine would replay its
 events.  The job directory must be on a file system that the compute nodes
-see at the same path (C{[slurm] job_root}).
+see at the same path (C{[backends.slurm] job_root}).
 
 Observing.  One C{squeue --states=all --user=<us>} call every
-C{[slurm] poll_seconds} observes every KREE job at once, never one call per
+C{[backends.slurm] poll_seconds} observes every KREE job at once, never one call per
 job.  Slurm's states map onto KREE's:
 
     PENDING (and the other waiting states)  QUEUED: the KREE job stays QUEUED
@@ -27,7 +27,7 @@ MinJobAge) is looked up with C{sacct} where accounting exists; without it,
 the engine's end event decides, and a job without one FAILS.
 
 Events.  There is no pipe across a cluster: the daemon tails JOBDIR/events.jsonl
-of every started job every C{[slurm] events_poll_seconds}, from the last line
+of every started job every C{[backends.slurm] events_poll_seconds}, from the last line
 the store applied.  The engine's C{end} line is held back until Slurm says the
 job has ended, so that Slurm's verdict (a time limit, a node failure) wins over
 the exit code of an engine that Slurm signalled.  Answers to a WAITING prompt
@@ -124,7 +124,7 @@ def sbatch_arguments(job: Job, settings, script: Path) -> list[str]:
 
 
 def resource_arguments(resources: dict[str, Any], settings) -> list[str]:
-    """sbatch options for a job's resources, then [slurm] sbatch_args."""
+    """sbatch options for a job's resources, then [backends.slurm] sbatch_args."""
     args = []
     partition = resources.get("partition") or settings.partition
     if partition:
@@ -187,6 +187,37 @@ def parse_sacct(text: str) -> dict[int, "SlurmView"]:
         state = parts[1].split()[0] if parts[1] else "UNKNOWN"  # "CANCELLED by 0"
         out[int(parts[0])] = SlurmView(int(parts[0]), state, "", "", parts[2])
     return out
+
+
+@attrs.frozen
+class SlurmConfig:
+    """The C{[backends.slurm]} section (formerly C{[slurm]})."""
+
+    # Hand jobs to Slurm (resources.backend = "slurm", or default_backend).
+    enabled: bool = False
+    # Where Slurm jobs' directories go: a path every compute node sees at the
+    # same place.  Empty: <state-dir>/jobs (enough for a single node).
+    job_root: str = attrs.field(default="", metadata={"path": True})
+    # The Python on the compute nodes that has kree installed; empty: kreed's own.
+    python: str = ""
+    # Partition for jobs that name none; empty: the cluster's default.
+    partition: str = ""
+    # Directory of sbatch, squeue, scontrol, scancel and sacct; empty: PATH.
+    bin_dir: str = attrs.field(default="", metadata={"path": True})
+    # Seconds between the one squeue call that observes every KREE job.
+    poll_seconds: float = attrs.field(default=2.0, metadata={"positive": True})
+    # Seconds between reads of running jobs' events files.
+    events_poll_seconds: float = attrs.field(default=0.5, metadata={"positive": True})
+    # "suspend": scontrol suspend/resume (needs a Slurm operator or admin);
+    # "signal": scancel --signal=STOP/CONT to the job's processes.
+    pause_method: str = attrs.field(default="suspend",
+                                    metadata={"choices": ("suspend", "signal")})
+    # KREE jobs handed to Slurm at once (pending or running).
+    max_jobs: int = attrs.field(default=1000, metadata={"positive": True})
+    # More sbatch arguments for every job, e.g. ["--account=physics"].
+    sbatch_args: list[str] = attrs.field(factory=list)
+    # Seconds to wait for one Slurm command before taking it as failed.
+    command_timeout_seconds: float = attrs.field(default=30.0, metadata={"positive": True})
 
 
 @attrs.frozen
@@ -279,17 +310,25 @@ class SlurmJob:
 
 class SlurmBackend(Backend):
     """
-    @param settings: the C{[slurm]} section (L{kree.config.SlurmConfig}).
+    @param settings: the C{[backends.slurm]} section (L{SlurmConfig}).
     """
 
     name = "slurm"
     batch = True  # jobs stay QUEUED while Slurm holds them pending
+    config_type = SlurmConfig
+    old_section = "slurm"
     log = Logger()
 
-    def __init__(self, reactor, observer, settings, *, python: str | None = None) -> None:
+    @classmethod
+    def from_config(cls, reactor, observer, settings: SlurmConfig, config) -> "SlurmBackend":
+        return cls(reactor, observer, settings)
+
+    def __init__(self, reactor, observer, settings: SlurmConfig, *,
+                 python: str | None = None) -> None:
         self.reactor = reactor
         self.observer = observer
         self.settings = settings
+        self.max_jobs = settings.max_jobs
         self.python = python or settings.python or sys.executable
         self.user = pwd.getpwuid(os.getuid()).pw_name
         self._threadpool = reactor.getThreadPool()
@@ -324,7 +363,7 @@ class SlurmBackend(Backend):
             candidate = Path(directory) / name
             if candidate.is_file() and os.access(candidate, os.X_OK):
                 return str(candidate)
-        raise CommandFailed(f"{name} is not on the PATH (set [slurm] bin_dir)")
+        raise CommandFailed(f"{name} is not on the PATH (set [backends.slurm] bin_dir)")
 
     async def run(self, name: str, *args: str, env: dict[str, str] | None = None,
                   check: bool = True) -> tuple[str, str, int]:
@@ -796,6 +835,20 @@ class SlurmBackend(Backend):
             words = [line.split("error: ", 1)[-1] for line in (err or out).strip().splitlines()]
             return None, "; ".join(dict.fromkeys(w for w in words if w)) or f"exit code {code}"
         return parse_test_only(err + out), None
+
+    @classmethod
+    def describe_status(cls, status: dict[str, Any]) -> tuple[str, list[str]]:
+        """kree-admin status: the controller, and a line per KREE job in Slurm's queue."""
+        accounting = {True: "yes", False: "no", None: "not asked yet"}[status["accounting"]]
+        asked = status.get("last_poll_seconds_ago")
+        more = (f"; controller {status['controller']}"
+                + (f" (asked {asked:g} s ago)" if asked is not None else "")
+                + f"; pause by {status['pause_method']}; accounting {accounting}")
+        lines = [f"  {entry['job']}  Slurm job {entry['slurm_job_id']}  {entry['state'] or '?'}"
+                 + (f"  {entry['reason']}" if entry['reason'] not in ("", "None") else "")
+                 + (f"  on {entry['node']}" if entry['node'] else "")
+                 for entry in status.get("queue", [])]
+        return more, lines
 
     async def wait_exited(self, job_id: str) -> None:
         followed = self.jobs.get(job_id)
