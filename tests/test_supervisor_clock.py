@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import attrs
 import pytest
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from kree.backends.proctree import Usage
 from kree.config import load_config
@@ -24,35 +22,11 @@ from kree.store import Store, migrate
 from kree.store.engine import create_engine
 from kree.store.pool import SynchronousDBPool
 from kree.supervisor import Supervisor
+from clocked import START, fired, in_place, run
 from recording_backend import RecordingBackend
 
-# 2027-01-15, so that job ids and times look like the daemon's.
-START = 1_800_000_000.0
 SHA = "ab" * 32
 WAITING_LINE = {"type": "waiting", "n": 1, "actor": ".m.Ask", "prompt": {"fields": []}}
-
-
-def fired(d: Deferred):
-    """The result of a Deferred that must have fired already (all is synchronous here)."""
-    results: list = []
-    d.addBoth(results.append)
-    assert results, "the Deferred has not fired: something waits on the clock or a thread"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
-
-
-def run(coroutine):
-    return fired(Deferred.fromCoroutine(coroutine))
-
-
-def in_place(fn, *args, **kwargs) -> Deferred:
-    """Blocking file work, done at once (the supervisor's in_thread)."""
-    return Deferred.fromCoroutine(_call(fn, *args, **kwargs))
-
-
-async def _call(fn, *args, **kwargs):
-    return fn(*args, **kwargs)
 
 
 class World:
@@ -192,6 +166,7 @@ def test_an_engine_that_vanished_fails_its_job(world):
     job = world.job(job_id)
     assert job.state is JobState.FAILED
     assert job.error == "the engine exited without reporting its end (killed?)"
+    assert job.backend_ref is None  # the engine is known to be gone
 
 
 # -- actions -----------------------------------------------------------------------------------
@@ -342,6 +317,49 @@ def test_usage_is_recorded_and_memory_over_the_limit_kills(world, clock, togethe
 
 
 # -- recovery after a restart ------------------------------------------------------------------
+
+
+def test_a_restart_kills_the_engine_of_a_job_that_failed_on_a_limit(world, clock):
+    # kreed stops during the grace that follows a walltime failure: the job is
+    # FAILED, its engine was sent SIGTERM but never killed.
+    world.start(stop_grace_seconds=10, monitor_interval_seconds=1)
+    job_id = world.submit(walltime=5)
+    clock.pump([1] * 7)
+    assert world.job(job_id).error == "walltime"
+    assert world.backend.called("kill") == []
+    world.stop()
+    clock.advance(60)
+    assert world.backend.called("kill") == []  # the stop cancelled the kill timer
+
+    restarted = RecordingBackend()
+    restarted.alive_on_adopt = {job_id}
+    world.start(restarted)
+    assert restarted.called("adopt") == [job_id]
+    assert restarted.called("kill") == [job_id]
+    fired(restarted.exit(job_id, ended=False, adopted=True))
+    job = world.job(job_id)
+    assert job.state is JobState.FAILED and job.error == "walltime"  # the reason stands
+    assert job.backend_ref is None
+    assert world.supervisor.running_count == 0
+
+    # Its engine is known gone now: the next restart does not look for it.
+    world.stop()
+    again = RecordingBackend()
+    world.start(again)
+    assert again.calls == []
+
+
+def test_a_restart_follows_an_ended_job_whose_engine_went_meanwhile(world):
+    world.start()
+    job_id = world.submit()
+    run(world.jobs.apply(job_id, Action.STOP))
+    world.stop()  # during the grace
+    restarted = RecordingBackend()  # the engine is gone
+    world.start(restarted)
+    assert restarted.called("adopt") == [job_id] and restarted.called("kill") == []
+    fired(restarted.exit(job_id, ended=True, adopted=True))
+    assert world.job(job_id).backend_ref is None
+    assert world.state(job_id) is JobState.ABORTED
 
 
 def test_a_restart_adopts_running_jobs_and_fails_those_lost(world, clock):

@@ -11,8 +11,9 @@ L{kree.backends.EngineObserver} that every backend is given.
 - An engine's exit: its job untracked and its timers cancelled; a job that
   is not yet terminal FAILS (its end event did not apply, or there was none:
   "lost during daemon restart" for an adopted engine, else "the engine exited
-  without reporting its end", or the disk was full); temporary files go; a
-  slot is free, so dispatch looks again.
+  without reporting its end", or the disk was full); temporary files go; the
+  record forgets how to find the engine (C{backend_ref}), so that recovery
+  after a restart knows it is gone; a slot is free, so dispatch looks again.
 """
 
 from __future__ import annotations
@@ -192,5 +193,7 @@ class EngineEvents:
         try:
             job: Job = await self._patience(self._store.jobs.get, job_id)
             await self._in_thread(_clean, Path(job.job_dir))
+            # No engine to find any more (recovery ends engines of ended jobs that have one).
+            await self._patience(self._store.jobs.update_runtime, job_id, backend_ref=None)
         except JobNotFound:
             pass

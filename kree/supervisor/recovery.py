@@ -7,8 +7,11 @@ Recovery after a restart: engines outlive kreed, and are found again.
   those whose engine vanished without an end event ("lost during daemon
   restart").  A PAUSED job's tree is paused again (anything forked meanwhile
   stops too); a WAITING job's input timer starts again.
-- Strays: jobs a batch system still runs whose records ended or are gone
-  are cancelled (L{Recovery.cancel_strays}).
+- Ended jobs with an engine: a job that is already terminal but whose record
+  still says how to find its engine (a limit failed it, or a stop aborted it,
+  and kreed stopped before the engine was gone) has its engine killed, so that
+  none runs forever.  A batch system's such jobs are found by asking it
+  (L{Recovery.cancel_strays}).
 - Quarantine: a record that cannot be understood FAILS with the reason,
   and never crashes the start.
 
@@ -53,6 +56,7 @@ class Recovery:
         for name, backend in self._engines.backends.items():
             if backend.batch:
                 candidates += await patiently(self._store.jobs.submitted_ids, name)
+        candidates += await patiently(self._store.jobs.ended_with_engine_ids)
         # Each job once, even if two queries named it: never two adoptions.
         unique: dict[str, str] = {}
         for job_id, raw_state in candidates:
@@ -65,6 +69,9 @@ class Recovery:
             nonlocal adopted
             try:
                 job = records.get(job_id) or await patiently(self._store.jobs.get, job_id)
+                if job.state.terminal:
+                    await self._end_engine(job)
+                    return
                 if await self._adopt(job):
                     adopted += 1
             except DatabaseUnavailable:
@@ -126,6 +133,30 @@ class Recovery:
             elif job.state is JobState.WAITING:
                 await self._monitor.arm_input_timer(job.id)
         return alive
+
+    async def _end_engine(self, job: Job) -> None:
+        """
+        A terminal job whose engine may still run: followed, so that its exit
+        is seen, and killed if it runs.  A batch system's are left to
+        L{cancel_strays}, which asks the batch system itself.
+        """
+        backend = self._engines.backend_of(job)
+        if backend.batch:
+            return
+        self._engines.track(job, backend)
+        try:
+            alive = await backend.adopt(job)
+        except DatabaseUnavailable:
+            raise
+        except Exception:
+            # Its record is not damaged (it ended): nothing to quarantine.
+            self._engines.untrack(job.id)
+            self.log.failure("job {job_id}: could not look for its engine", job_id=job.id)
+            return
+        if alive:
+            self.log.warn("job {job_id}: {state} but its engine still runs; killing it",
+                          job_id=job.id, state=str(job.state))
+            await self._engines.act(job.id, "kill")
 
     async def _quarantine(self, job_id: str, raw_state: str, error: Exception) -> None:
         reason = f"its record could not be understood ({type(error).__name__}: {error})"
