@@ -119,7 +119,7 @@ class Reactor(MemoryReactorClock):
         protocol.makeConnection(_ProcessTransport(spawned))
         return protocol.transport
 
-    def running(self, command: str | None = None) -> list[SpawnedProcess]:
+    def unanswered(self, command: str | None = None) -> list[SpawnedProcess]:
         """Processes (of C{command}) that have not ended."""
         return [p for p in self.processes
                 if not p.ended and (command is None or p.command == command)]
