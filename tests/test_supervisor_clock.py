@@ -273,6 +273,12 @@ def test_walltime_fails_the_job_then_stops_its_engine(world, clock, together):
     assert world.backend.called("terminate") == [job_id]
     clock.advance(10.5)
     assert world.backend.called("kill") == [job_id]
+    # The engine's own end (exit 3, "stopped") comes later and must not
+    # replace the reason.
+    fired(world.backend.report(job_id, {"type": "end", "exit_code": 3, "state": "stopped"}))
+    fired(world.backend.exit(job_id, ended=True))
+    job = world.job(job_id)
+    assert (job.state, job.error, job.exit_code) == (JobState.FAILED, "walltime", 3)
 
 
 def test_a_job_without_walltime_is_held_to_the_default(world, clock):
