@@ -45,9 +45,10 @@ Outcomes of an attempt:
 Products are uploaded one after another (one connection, one open file at a
 time), and a product that fails does not stop the others.  Every outcome is
 reported through the C{report(level, text)} callback, which
-L{FinishedJobUploads} (an observer of the job service) turns into job messages: C{info} for an upload (C{uploaded result.csv (8
-bytes) to https://.../result.csv}), C{warning} for each failed attempt that
-will be retried, C{error} when an upload is given up.  L{upload} answers one
+L{FinishedJobUploads} (an observer of the job service) turns into job
+messages: C{info} for an upload (C{uploaded result.csv (8 bytes) to
+https://.../result.csv}), C{warning} for each failed attempt that will be
+retried, C{error} when an upload is given up.  L{upload} answers one
 L{UploadOutcome} per product, for the results document
 (L{UploadOutcome.to_json}).
 """

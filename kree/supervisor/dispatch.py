@@ -153,7 +153,8 @@ class Dispatcher:
                                      backend=backend.name, backend_ref=ref)
             except Exception as e:
                 engines.untrack(job.id)
-                reason = e.message if isinstance(e, KreeError) else f"the engine could not start: {e}"
+                reason = (e.message if isinstance(e, KreeError)
+                          else f"the engine could not start: {e}")
                 if not isinstance(e, KreeError):
                     self.log.failure("job {job_id}: start failed", job_id=job.id)
                 try:

@@ -27,7 +27,6 @@ from twisted.logger import Logger
 
 from kree.errors import InvalidTransition, JobNotFound
 from kree.jobs import JobService
-from kree.records import Job
 from kree.states import Action
 from kree.store import Store
 from kree.supervisor.background import InThread, Patience, in_background
@@ -191,7 +190,7 @@ class EngineEvents:
                 except InvalidTransition:
                     pass
         try:
-            job: Job = await self._patience(self._store.jobs.get, job_id)
+            job = await self._patience(self._store.jobs.get, job_id)
             await self._in_thread(_clean, Path(job.job_dir))
             # No engine to find any more (recovery ends engines of ended jobs that have one).
             await self._patience(self._store.jobs.update_runtime, job_id, backend_ref=None)
