@@ -44,10 +44,11 @@ Outcomes of an attempt:
 
 Products are uploaded one after another (one connection, one open file at a
 time), and a product that fails does not stop the others.  Every outcome is
-reported through the C{report(level, text)} callback, which the supervisor
-turns into job messages: C{info} for an upload (C{uploaded result.csv (8
-bytes) to https://.../result.csv}), C{warning} for each failed attempt that
-will be retried, C{error} when an upload is given up.  L{upload} answers one
+reported through the C{report(level, text)} callback, which
+L{FinishedJobUploads} (an observer of the job service) turns into job
+messages: C{info} for an upload (C{uploaded result.csv (8 bytes) to
+https://.../result.csv}), C{warning} for each failed attempt that will be
+retried, C{error} when an upload is given up.  L{upload} answers one
 L{UploadOutcome} per product, for the results document
 (L{UploadOutcome.to_json}).
 """
@@ -59,7 +60,7 @@ import os
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import attrs
@@ -71,9 +72,10 @@ from twisted.logger import Logger
 from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
 
-from kree import __version__, urlguard
+from kree import __version__, jobdir, urlguard
 from kree.config import Config
 from kree.httpclient import DiscardBody, PinnedAgent, describe_failure, timed_out
+from kree.states import JobState
 
 DEFAULT_RETRY_DELAYS: tuple[float, ...] = (1, 5, 30, 120)
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
@@ -323,3 +325,50 @@ class OutputUploader:
                 body.close()
         phrase = response.phrase.decode("latin-1", "replace") if response.phrase else ""
         return response.code, phrase, producer.length
+
+
+class JobsForUploads(Protocol):
+    """What L{FinishedJobUploads} needs of the job service (kree.jobs.JobService)."""
+
+    async def get(self, job_id: str) -> Any: ...
+
+    async def add_message(self, job_id: str, text: str, *, level: str = "info") -> Any: ...
+
+
+class FinishedJobUploads:
+    """
+    Results to storage when a job FINISHES: an observer of the job service
+    (C{jobs.add_observer(uploads.observe)}).  A job whose resources name
+    C{outputs_to} has every product PUT there (L{OutputUploader.upload}),
+    each outcome a job message, and where each went recorded in the job
+    directory for the results document.
+    """
+
+    log = Logger()
+
+    def __init__(self, jobs: JobsForUploads, uploader: OutputUploader, reactor) -> None:
+        self._jobs = jobs
+        self._uploader = uploader
+        self._reactor = reactor
+
+    def observe(self, event) -> None:
+        if event.type == "job.state" and event.data.get("to") == JobState.FINISHED.value:
+            Deferred.fromCoroutine(self.upload(event.job_id)).addErrback(
+                lambda failure: self.log.failure("uploading the products of job {job_id} "
+                                                 "failed", failure=failure,
+                                                 job_id=event.job_id))
+
+    async def upload(self, job_id: str) -> None:
+        """resources.outputs_to: PUT every product there, each outcome a job message."""
+        job = await self._jobs.get(job_id)
+        target = job.resources.get("outputs_to")
+        if not target:
+            return
+
+        async def report(level: str, text: str) -> None:
+            await self._jobs.add_message(job_id, text, level=level)
+
+        outcomes = await self._uploader.upload(Path(job.job_dir), target, report)
+        await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                jobdir.record_uploads, Path(job.job_dir),
+                                [o.to_json() for o in outcomes])

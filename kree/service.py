@@ -24,7 +24,7 @@ from kree.feasibility import FeasibilityService
 from kree.fetch import Fetcher
 from kree.frontends import FrontendService
 from kree.jobs import JobService
-from kree.outputs import OutputUploader
+from kree.outputs import FinishedJobUploads, OutputUploader
 from kree.store import Store
 from kree.subscriptions import SubscriptionService
 from kree.supervisor import Supervisor
@@ -153,9 +153,9 @@ class KreeDaemon(AsyncMultiService):
             job_roots={name: config.job_root(name) for name in config.backends},
             default_backend=config.supervisor.default_backend,
             workflows=self.fetcher, checker=self.checker)
+        self.jobs.add_observer(FinishedJobUploads(self.jobs, self.uploader, reactor).observe)
         self.supervisor = Supervisor(config, self.store, self.jobs, reactor,
-                                     fetcher=self.fetcher, uploader=self.uploader,
-                                     stop_jobs_on_exit=stop_jobs_on_exit)
+                                     fetcher=self.fetcher, stop_jobs_on_exit=stop_jobs_on_exit)
         self.supervisor.setServiceParent(self)
         self.jobs.attach_engines(self.supervisor)
         self.deliveries = DeliveryService(config, self.store, self.jobs, reactor)

@@ -399,3 +399,22 @@ async def test_actor_policy_and_software_registry(store):
         "Matlab": None, "R": {"path": "/usr/bin/Rscript", "version": "4.2.2"}}
     await store.policies.record_software({"Python": {"path": "/usr/bin/python3", "version": "3"}})
     assert list(await store.policies.software()) == ["Python"]
+
+
+def test_ended_jobs_with_an_engine_to_find(store, frontend):
+    """Recovery's query: terminal jobs whose record still names an engine."""
+    running, ended, gone = (make_job(store, frontend).id for _ in range(3))
+    for job_id in (running, ended, gone):
+        transition(store, job_id, Action.QUEUE, now=T0)
+        transition(store, job_id, Action.DISPATCH, now=at(1))
+        store.pool.run_in_thread(store.jobs.update_runtime_thd, job_id,
+                                 backend_ref={"pid": 1, "start_time": 2.0})
+    for job_id in (ended, gone):
+        transition(store, job_id, Action.FAIL, reason="walltime", now=at(2))
+    # Its engine was seen to go: the reference becomes SQL NULL, not JSON null.
+    store.pool.run_in_thread(store.jobs.update_runtime_thd, gone, backend_ref=None)
+    assert store.pool.run_in_thread(store.jobs.ended_with_engine_ids_thd) == [(ended, "FAILED")]
+    assert store.pool.run_in_thread(store.jobs.get_thd, gone).backend_ref is None
+    with store.engine.connect() as conn:
+        nulls = conn.execute(sa.text("SELECT id FROM jobs WHERE backend_ref IS NULL")).scalars()
+        assert set(nulls) == {gone}

@@ -1,7 +1,12 @@
 """
 The supervisor and the local backend, through the API, with real engines:
-lifecycles, pause that really stops the tree, kill that leaves nothing,
-the concurrency limit, WAITING round trips, limits, and monitoring.
+lifecycles, stop and kill of real processes, pause that really stops the
+tree, kill that leaves nothing, WAITING round trips, and monitoring of real
+process trees.
+
+What is a matter of time and bookkeeping (dispatch limits, a held job, the
+grace before a kill, input timeouts, walltime and memory limits, restarts)
+is proven by the Clock-driven tests in test_supervisor_clock.py.
 """
 
 import json
@@ -165,40 +170,6 @@ def test_pause_really_stops_the_tree_and_resume_continues(portal):
     assert state["running_seconds"] < (time.monotonic() - paused_at) + 10
 
 
-def test_pause_while_queued_holds_the_job(portal, server):
-    blockers = [submit(portal, "sleep-loop.xml", parameters={".sleeper.period": 100})
-                for _ in range(2)]
-    for job in blockers:
-        wait_for_state(portal, job["id"], "RUNNING")
-    held = submit(portal, "hello.xml")
-    assert portal.post(f"/v1/jobs/{held['id']}/pause").json["paused_from"] == "QUEUED"
-    for job in blockers:
-        portal.post(f"/v1/jobs/{job['id']}/kill")
-    wait_for(lambda: not any(job_processes(job["id"]) for job in blockers),
-             "the blockers' processes gone")
-    # Both slots are free now, and the paused job still does not take one.
-    holds_for(lambda: portal.get(f"/v1/jobs/{held['id']}/state").json["state"] == "PAUSED",
-              "the held job PAUSED", duration=1.5)
-    portal.post(f"/v1/jobs/{held['id']}/resume")
-    assert wait_for_state(portal, held["id"], TERMINAL)["state"] == "FINISHED"
-    assert messages(portal, held["id"]) == ["Hello, world"]
-
-
-def test_concurrency_limit_with_more_jobs_than_slots(portal, server):
-    jobs = [submit(portal, "sleep-loop.xml", parameters={
-        ".sleeper.period": 100, ".sleeper.SDF Director.iterations": 5}) for _ in range(5)]
-    most = 0
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        states = [portal.get(f"/v1/jobs/{j['id']}/state").json["state"] for j in jobs]
-        most = max(most, states.count("RUNNING"))
-        if all(s in TERMINAL for s in states):
-            break
-        time.sleep(0.05)
-    assert states == ["FINISHED"] * 5
-    assert most == 2  # max_running = 2: never more, and the slots were used
-
-
 def test_waiting_answered_through_the_api(portal):
     job = submit(portal, "ask-input.xml")
     wait_for_state(portal, job["id"], "WAITING")
@@ -223,27 +194,6 @@ def test_pause_and_resume_while_waiting(portal):
     portal.post(f"/v1/jobs/{job['id']}/input", {"name": "Lin"})
     assert wait_for_state(portal, job["id"], TERMINAL)["state"] == "FINISHED"
     assert messages(portal, job["id"]) == ["Hello Lin x1"]
-
-
-def test_input_timeout_fails_the_job(portal):
-    job = submit(portal, "ask-input.xml", resources={"input_timeout": 1})
-    wait_for_state(portal, job["id"], "WAITING")
-    state = wait_for_state(portal, job["id"], TERMINAL, timeout=20)
-    assert state["state"] == "FAILED" and state["error"] == "input timeout"
-    wait_for(lambda: not job_processes(job["id"]), "no process left of the job")
-
-
-def test_walltime_stops_the_job(portal):
-    job = submit(portal, "sleep-loop.xml", parameters={".sleeper.period": 100},
-                 resources={"walltime": 1})
-    state = wait_for_state(portal, job["id"], TERMINAL, timeout=30)
-    assert state["state"] == "FAILED" and state["error"] == "walltime"
-    # The engine's own end (exit 3, "stopped") comes later and must not
-    # replace the reason.
-    wait_for(lambda: portal.get(f"/v1/jobs/{job['id']}/state").json["exit_code"] is not None,
-             "the engine's exit code")
-    state = portal.get(f"/v1/jobs/{job['id']}/state").json
-    assert state["exit_code"] == 3 and state["error"] == "walltime"
 
 
 def test_monitoring_reports_cpu_and_memory(portal):
@@ -299,12 +249,3 @@ def test_kill_leaves_no_process_even_one_that_escaped(portal, server):
     portal.post(f"/v1/jobs/{job['id']}/kill")
     wait_for(lambda: not [p for p in processes if p.is_running()
                           and p.status() != psutil.STATUS_ZOMBIE], "every process gone")
-
-
-def test_memory_limit_kills_the_job(portal):
-    # Any engine uses more than 1 MiB: the first sample is over the limit.
-    job = submit(portal, "sleep-loop.xml", parameters={".sleeper.period": 100},
-                 resources={"memory": "1M"})
-    state = wait_for_state(portal, job["id"], TERMINAL, timeout=30)
-    assert state["state"] == "FAILED" and state["error"] == "memory"
-    wait_for(lambda: not job_processes(job["id"]), "no process left of the job")

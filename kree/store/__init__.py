@@ -28,9 +28,11 @@ from kree.store.subscriptions import SubscriptionsStore
 
 class Store:
     def __init__(self, engine: sa.Engine, reactor, threads: int = 4,
-                 reconnect_seconds: float = RECONNECT_SECONDS) -> None:
+                 reconnect_seconds: float = RECONNECT_SECONDS, *,
+                 pool: DBPool | None = None) -> None:
+        """@param pool: the caller's (tests: L{kree.store.pool.SynchronousDBPool})."""
         self.engine = engine
-        self.pool = DBPool(engine, reactor, threads, reconnect_seconds=reconnect_seconds)
+        self.pool = pool or DBPool(engine, reactor, threads, reconnect_seconds=reconnect_seconds)
         self.jobs = JobsStore(self.pool)
         self.events = EventsStore(self.pool)
         self.frontends = FrontendsStore(self.pool)

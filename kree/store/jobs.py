@@ -291,6 +291,8 @@ class JobsStore:
         unknown = set(values) - RUNTIME_FIELDS
         if unknown:
             raise ValueError(f"cannot update {sorted(unknown)} outside a transition")
+        if "backend_ref" in values and values["backend_ref"] is None:
+            values["backend_ref"] = sa.null()  # SQL NULL, not JSON null: no engine to find
         if values and ensure_job_locked_thd(conn, job_id):
             conn.execute(model.jobs.update().where(model.jobs.c.id == job_id).values(**values))
 
@@ -351,6 +353,23 @@ class JobsStore:
         rows = conn.execute(sa.select(jobs.c.id, jobs.c.state)
                             .where(jobs.c.state.in_(ACTIVE_STATES)).order_by(jobs.c.id))
         return [(job_id, state) for job_id, state in rows]
+
+    async def ended_with_engine_ids(self) -> list[tuple[str, str]]:
+        return await self._pool.run(self.ended_with_engine_ids_thd)
+
+    def ended_with_engine_ids_thd(self, conn) -> list[tuple[str, str]]:
+        """
+        (id, raw state) of terminal jobs whose record still says how to find
+        their engine (a backend reference): the engine's end was never seen,
+        so it may still run (kreed stopped after a limit failed the job but
+        before the engine was stopped).
+        """
+        jobs = model.jobs
+        terminal = [state.value for state in JobState if state.terminal]
+        rows = conn.execute(sa.select(jobs.c.id, jobs.c.state, jobs.c.backend_ref)
+                            .where(jobs.c.state.in_(terminal), jobs.c.backend_ref.is_not(None))
+                            .order_by(jobs.c.id))
+        return [(job_id, state) for job_id, state, ref in rows if ref]
 
     async def purgeable(self, cutoff: datetime.datetime, states) -> list[Job]:
         return await self._pool.run(self.purgeable_thd, cutoff, list(states))

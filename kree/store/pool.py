@@ -55,6 +55,7 @@ import time
 from typing import Any, Callable, TypeVar
 
 import sqlalchemy as sa
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -328,3 +329,32 @@ class DBPool:
         if since is not None:
             self.log.info("database reachable again after {seconds} s",
                           seconds=round(time.monotonic() - since, 1))
+
+
+class SynchronousDBPool(DBPool):
+    """
+    L{DBPool} without its thread, for tests driven by Twisted's C{Clock}:
+    L{run} runs the transaction at once on the calling thread and answers an
+    already-fired Deferred, so that such a test is deterministic, on a real
+    database file, with the same transactions, retries and errors as the
+    daemon's pool.  Never for the daemon: its reactor would wait on the
+    database.
+    """
+
+    def start(self) -> None:
+        self._stopping = False
+        self._started = True
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._started = False
+        self.engine.dispose()
+
+    def run(self, fn: Callable[..., T], *args, **kwargs):
+        """Run C{fn(conn, *args, **kwargs)} in one transaction, now."""
+        if not self._started:
+            raise RuntimeError("database pool is not started")
+        deadline = time.monotonic() + self.reconnect_seconds
+        d = maybeDeferred(self._run_until, deadline, fn, args, kwargs)
+        d.addErrback(self._unavailable)
+        return d
