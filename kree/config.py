@@ -135,6 +135,42 @@ class ValidationConfig:
 
 
 @attrs.frozen
+class SandboxConfig:
+    # "landlock": every engine and everything it starts is contained
+    # (kree.engine.sandbox: read-only system, read-write job directory, no
+    # network, limits, an unprivileged account); kreed refuses to start where
+    # the kernel lacks Landlock.  "none": nothing is contained (say so only
+    # where every workflow is trusted).
+    mode: str = "landlock"
+    # When kreed runs as root, engines run as this account, never as root.
+    # A dedicated one is better than the shared nobody:
+    #   useradd --system --no-create-home --shell /usr/sbin/nologin kree-engine
+    user: str = "nobody"
+    # More files or directories engines may read (software outside /usr and
+    # /opt); never the state directory, which stays out of sight.
+    read_paths: list[str] = attrs.field(factory=list)
+    # Frontends whose jobs may have network (resources.network = true).
+    network_frontends: list[str] = attrs.field(factory=list)
+    # Per process of a job: CPU seconds (0: no limit), address space when
+    # the job names no memory (0: no limit), file size; and processes of
+    # the engine account.  A job may ask for less, not more (422).
+    cpu_seconds: int = 0
+    memory_bytes: int = 0
+    max_processes: int = 512
+    max_file_bytes: int = 17_179_869_184
+
+
+@attrs.frozen
+class ParametersConfig:
+    # Per actor class, the attributes frontends may not set (a parameter
+    # that names one is a 422), replacing the default for that class: the
+    # attributes that hold code the actor runs (RExpression's and
+    # MatlabExpression's expression, PythonScript's script, ExternalExecution's
+    # command and environment).  [] lets frontends set every one.
+    locked: dict[str, list[str]] = attrs.field(factory=dict)
+
+
+@attrs.frozen
 class LogConfig:
     # "auto": text on a terminal, JSON lines otherwise.
     format: str = "auto"
@@ -149,6 +185,8 @@ _SECTIONS = {
     "supervisor": SupervisorConfig,
     "events": EventsConfig,
     "validation": ValidationConfig,
+    "sandbox": SandboxConfig,
+    "parameters": ParametersConfig,
     "log": LogConfig,
 }
 
@@ -158,11 +196,13 @@ _POSITIVE = {("supervisor", "monitor_interval_seconds"), ("server", "max_body_by
              ("events", "timeout_seconds"), ("events", "max_in_flight"),
              ("events", "failing_after")}
 _POSITIVE |= {("validation", "timeout_seconds"), ("validation", "max_memory_bytes"),
-              ("validation", "max_concurrent")}
+              ("validation", "max_concurrent"), ("sandbox", "max_processes"),
+              ("sandbox", "max_file_bytes")}
 
 _CHOICES = {
     ("store", "sqlite_synchronous"): ("normal", "full"),
     ("log", "format"): ("auto", "text", "json"),
+    ("sandbox", "mode"): ("landlock", "none"),
     ("log", "level"): ("debug", "info", "warn", "error"),
 }
 
@@ -177,6 +217,8 @@ class Config:
     supervisor: SupervisorConfig = SupervisorConfig()
     events: EventsConfig = EventsConfig()
     validation: ValidationConfig = ValidationConfig()
+    sandbox: SandboxConfig = SandboxConfig()
+    parameters: ParametersConfig = ParametersConfig()
     log: LogConfig = LogConfig()
     # The file this came from, if any.
     source: Path | None = None
@@ -346,6 +388,10 @@ def load_config(
         sections["events"] = attrs.evolve(sections["events"], **{
             name: str(base / getattr(sections["events"], name))
             for name in ("ca", "client_cert", "client_key") if getattr(sections["events"], name)})
+    if "sandbox" in sections:
+        sections["sandbox"] = attrs.evolve(
+            sections["sandbox"],
+            read_paths=[str(base / path) for path in sections["sandbox"].read_paths])
     if "fetch" in sections:
         sections["fetch"] = attrs.evolve(
             sections["fetch"],
@@ -426,6 +472,13 @@ def _section(name: str, cls: type, values: dict, problems: list[str]):
 
 
 def _type_error(value, expected) -> str | None:
+    if typing.get_origin(expected) is dict:
+        key_type, item_type = typing.get_args(expected)
+        if not isinstance(value, dict) or any(_type_error(v, item_type) for v in value.values()):
+            inner = typing.get_args(item_type)
+            what = f"a list of {inner[0].__name__}" if inner else item_type.__name__
+            return f"must be a table of {what}"
+        return None
     if typing.get_origin(expected) is list:
         (item_type,) = typing.get_args(expected)
         if not isinstance(value, list) or any(_type_error(v, item_type) for v in value):

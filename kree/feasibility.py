@@ -23,7 +23,7 @@ import psutil
 
 from kree.backends import Backend
 from kree.errors import KreeError
-from kree.jobs import Guard, JobService
+from kree.jobs import Guard, JobService, ParameterLocks
 from kree.store import Store
 from kree.validation import CheckerBusy, InvalidWorkflow
 
@@ -59,12 +59,14 @@ class Feasibility:
 
 class FeasibilityService:
     def __init__(self, store: Store, jobs: JobService, *, backends: Mapping[str, Backend],
-                 free_slots: Callable[[str], int], default_backend: str) -> None:
+                 free_slots: Callable[[str], int], default_backend: str,
+                 locks: ParameterLocks = ParameterLocks()) -> None:
         self._store = store
         self._jobs = jobs
         self._backends = backends
         self._free_slots = free_slots
         self._default_backend = default_backend
+        self._locks = locks
 
     async def check(self, request: FeasibilityRequest, *,
                     guard: Guard | None = None) -> Feasibility:
@@ -76,6 +78,10 @@ class FeasibilityService:
                                                           guard=guard)
             reasons += [f"parameter {name}: the workflow has no such parameter"
                         for name in sorted(request.parameters) if name not in checked.parameters]
+            reasons += [f"parameter {name}: holds code the actor runs, which frontends may not "
+                        "set on this server"
+                        for name in sorted(request.parameters) if name in checked.parameters
+                        and self._locks.locked(checked.parameters[name])]
         except CheckerBusy:
             raise
         except InvalidWorkflow as e:

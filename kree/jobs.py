@@ -102,22 +102,63 @@ class WorkflowSource(Protocol):
                           check: Callable[[bytes], None]) -> tuple[str, str]: ...
 
 
+class ResourceRules(Protocol):
+    """What a job may ask of the sandbox (kree.sandbox.Sandbox)."""
+
+    def check_resources(self, resources: dict[str, Any], frontend: str) -> None:
+        """@raise InvalidJobSpec: 422 naming the resource."""
+
+
 class WorkflowCheck(Protocol):
     """The engine's check of a workflow (kree.validation.WorkflowChecker)."""
 
     async def check(self, path: Path, sha256: str, policy: dict[str, str]) -> Any: ...
 
 
-def check_parameter_names(checked, parameters: dict[str, Any]) -> None:
+@attrs.frozen
+class ParameterLocks:
+    """
+    The actor attributes frontends may not set ([parameters] locked): per
+    actor class, the admin's list where there is one, else the attributes
+    the engine says hold code the actor runs.
+    """
+
+    by_class: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
+
+    @classmethod
+    def from_config(cls, settings) -> "ParameterLocks":
+        return cls({name: tuple(attributes) for name, attributes in settings.locked.items()})
+
+    def locked(self, info: dict[str, Any]) -> bool:
+        actor_class = info.get("actor_class")
+        if actor_class is None:
+            return False
+        if actor_class in self.by_class:
+            return info.get("attribute") in self.by_class[actor_class]
+        return bool(info.get("code"))
+
+
+def check_parameter_names(checked, parameters: dict[str, Any],
+                          locks: ParameterLocks | None = ParameterLocks()) -> None:
     """
     @raise InvalidJobSpec: C{invalid_parameter}, a name the checked workflow
-        does not have (422).
+        does not have, or C{parameter_locked}, one that holds code frontends
+        may not set (422, naming them).
     """
     unknown = sorted(name for name in parameters if name not in checked.parameters)
     if unknown:
         raise InvalidJobSpec("invalid_parameter",
                              f"the workflow has no parameter {', '.join(unknown)}",
                              unknown=unknown)
+    if locks is None:
+        return
+    locked = sorted(name for name in parameters if locks.locked(checked.parameters[name]))
+    if locked:
+        classes = sorted({checked.parameters[name]["actor_class"] for name in locked})
+        raise InvalidJobSpec(
+            "parameter_locked",
+            f"{', '.join(locked)}: holds code the actor runs ({', '.join(classes)}), which "
+            "frontends may not set on this server ([parameters] locked)", locked=locked)
 
 
 def _job_id(job_id: str) -> str:
@@ -145,11 +186,16 @@ class JobService:
                  job_roots: dict[str, Path] | None = None,
                  default_backend: str = "local",
                  workflows: WorkflowSource | None = None,
-                 checker: WorkflowCheck | None = None) -> None:
+                 checker: WorkflowCheck | None = None,
+                 sandbox: ResourceRules | None = None,
+                 locks: ParameterLocks = ParameterLocks()) -> None:
         """
         @param jobs_dir: where job directories go.
         @param workflows: fetches workflows, for L{submit}.
         @param checker: checks them, for L{submit} and L{workflow_check_of}.
+        @param sandbox: judges the resources a job asks of the sandbox
+            (network, limits), for L{submit} and L{edit_new}.
+        @param locks: the actor attributes frontends may not set.
         @param job_roots: per backend, where its jobs' directories go instead
             (a Slurm job's must be on a file system the compute nodes share);
             its keys are the backends this server offers (default: local).
@@ -163,6 +209,8 @@ class JobService:
         self._engines: Engines | None = None
         self._workflows = workflows
         self._checker = checker
+        self._sandbox = sandbox
+        self._locks = locks
 
     def attach_engines(self, engines: Engines) -> None:
         """The supervisor, built after this service: it releases and answers engines."""
@@ -355,9 +403,10 @@ class JobService:
         @raise kree.validation.InvalidWorkflow: the workflow cannot run.
         """
         workflow = submission.workflow
+        await self._check_sandbox(submission.frontend_id, submission.resources)
         fetched, checked = await self.fetch_and_check(submission.frontend_id, workflow,
                                                       guard=guard)
-        check_parameter_names(checked, submission.parameters)
+        check_parameter_names(checked, submission.parameters, self._locks)
         job_id = new_job_id(self._reactor.seconds())
         backend, job_dir = self.placement(job_id, submission.resources)
         detail, events = await self._store.pool.run(
@@ -383,6 +432,13 @@ class JobService:
                                             reason="queued at creation", now=now)
             events.append(queued)
         return jobs.get_detail_thd(conn, job_id), events
+
+    async def _check_sandbox(self, frontend_id: int, resources: dict[str, Any]) -> None:
+        """@raise InvalidJobSpec: the sandbox refuses what the resources ask (422)."""
+        if self._sandbox is None:
+            return
+        frontend = await self._store.frontends.by_id(frontend_id)
+        self._sandbox.check_resources(resources, frontend.name if frontend else "")
 
     async def fetch_and_check(self, frontend_id: int, workflow: str, *,
                               guard: Guard | None = None):
@@ -450,9 +506,11 @@ class JobService:
         parameters: dict[str, Any] | None = None,
         inputs: dict[str, str] | None = None,
         resources: dict[str, Any] | None = None,
+        guard: Guard | None = None,
     ) -> JobDetail:
         """
-        Change a NEW job's parameters (merged; None removes one), inputs
+        Change a NEW job's parameters (merged; None removes one; each named
+        one must be the workflow's and not locked, see L{check_parameter_names}), inputs
         (each named one replaced) or resources (replaced, with the backend and
         directory they imply), in one transaction with a C{job.updated} event
         whose data says what changed.  Give exactly one of the three.
@@ -465,6 +523,14 @@ class JobService:
         if len(given) != 1:
             raise ValueError(f"edit_new changes one of parameters, inputs, resources: {given}")
         ((what, change),) = given.items()
+        if parameters is not None:
+            job = await self.get(job_id, frontend_id=frontend_id)
+            checked = await self.workflow_check_of(job, guard=guard)
+            if checked is not None:
+                check_parameter_names(checked, {name: value for name, value in parameters.items()
+                                                if value is not None}, self._locks)
+        if resources is not None and frontend_id is not None:
+            await self._check_sandbox(frontend_id, resources)
         placement = self.placement(job_id, resources) if resources is not None else (None, None)
         detail, event = await self._store.pool.run(
             self._edit_new_thd, job_id, frontend_id, what, change, placement, self.now())

@@ -26,6 +26,7 @@ MAX_INPUTS = 1000
 MAX_DURATION_SECONDS = 366 * 24 * 3600
 MAX_MEMORY_BYTES = 64 * 1024**4
 MAX_CPUS = 4096
+MAX_PROCESSES = 1_000_000
 MAX_NAME_LENGTH = 1000
 MAX_URI_LENGTH = 4096
 WORKFLOW_SCHEMES = ("https", "http", "file", "kree")
@@ -231,7 +232,9 @@ def check_resources(value: Any, backends: Collection[str], *,
                     installed: Collection[str] = ()) -> dict[str, Any]:
     """
     Resources, normalised: backend, cpus, memory (bytes), walltime (seconds),
-    priority, input_timeout (seconds), partition, outputs_to (URL).
+    priority, input_timeout (seconds), partition, outputs_to (URL), and what
+    the sandbox gives: network (a boolean), cpu_time (CPU seconds per
+    process), processes (of the engine account), file_size (bytes per file).
 
     @param backends: the backends this server offers (C{Config.backends}).
     @param installed: names accepted too although not offered (feasibility
@@ -242,7 +245,7 @@ def check_resources(value: Any, backends: Collection[str], *,
     if not isinstance(value, dict):
         raise InvalidJobSpec("invalid_resources", "resources must be an object")
     known = ("backend", "cpus", "memory", "walltime", "priority", "input_timeout", "partition",
-             "outputs_to")
+             "outputs_to", "network", "cpu_time", "processes", "file_size")
     unknown = sorted(set(value) - set(known))
     if unknown:
         raise InvalidJobSpec("invalid_resources", f"unknown resources {unknown} (known: {', '.join(known)})",
@@ -275,6 +278,24 @@ def check_resources(value: Any, backends: Collection[str], *,
             raise InvalidJobSpec("invalid_resources", "priority must be an integer from -1000 to 1000",
                                  field="priority")
         out["priority"] = priority
+    # What the sandbox gives the job (kree.sandbox judges them against [sandbox]).
+    if "network" in value:
+        if not isinstance(value["network"], bool):
+            raise InvalidJobSpec("invalid_resources", "network must be true or false",
+                                 field="network")
+        out["network"] = value["network"]
+    if "cpu_time" in value:
+        out["cpu_time"] = parse_duration(value["cpu_time"], "cpu_time")
+    if "processes" in value:
+        processes = value["processes"]
+        if (not isinstance(processes, int) or isinstance(processes, bool)
+                or not 1 <= processes <= MAX_PROCESSES):
+            raise InvalidJobSpec("invalid_resources",
+                                 f"processes must be an integer from 1 to {MAX_PROCESSES}",
+                                 field="processes", maximum=MAX_PROCESSES)
+        out["processes"] = processes
+    if "file_size" in value:
+        out["file_size"] = parse_size(value["file_size"], "file_size")
     if "outputs_to" in value:
         # Where products go when the job finishes; the API checks the URL
         # against the allowed hosts (kree.outputs.check_outputs_to).

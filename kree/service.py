@@ -9,6 +9,8 @@ Each child gets the reactor injected; only kree.daemon passes the global one.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
@@ -23,8 +25,9 @@ from kree.events import DeliveryService
 from kree.feasibility import FeasibilityService
 from kree.fetch import Fetcher
 from kree.frontends import FrontendService
-from kree.jobs import JobService
+from kree.jobs import JobService, ParameterLocks
 from kree.outputs import FinishedJobUploads, OutputUploader
+from kree.sandbox import Sandbox
 from kree.store import Store
 from kree.subscriptions import SubscriptionService
 from kree.supervisor import Supervisor
@@ -74,6 +77,31 @@ class StoreService(Service):
         # Joins the DB thread; at this point only the tail of the last
         # transaction can still be running.
         self.store.stop()
+
+
+class SandboxService(Service):
+    """
+    At start, before any engine: the kernel gives the [sandbox] mode, and an
+    engine inside the sandbox can work (kree.sandbox.Sandbox.check); kreed
+    refuses to start otherwise, saying why.
+    """
+
+    log = Logger()
+
+    def __init__(self, sandbox: Sandbox, scratch: Path, reactor) -> None:
+        self._sandbox = sandbox
+        self._scratch = scratch
+        self._reactor = reactor
+
+    def startService(self) -> Deferred:
+        Service.startService(self)
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        await self._sandbox.check(self._reactor, self._scratch)
+        described = self._sandbox.describe()
+        self.log.info("sandbox: {mode}, engines as {user}", mode=described["mode"],
+                      user=described["user"] or "kreed's own account")
 
 
 class DevCredentialsService(Service):
@@ -144,6 +172,9 @@ class KreeDaemon(AsyncMultiService):
         StoreService(self.store).setServiceParent(self)
         if dev:
             DevCredentialsService(config, self.store, reactor).setServiceParent(self)
+        self.sandbox = Sandbox(config)
+        SandboxService(self.sandbox, config.state_dir / "sandbox-check",
+                       reactor).setServiceParent(self)
         self.fetcher = Fetcher(config, self.store, reactor,
                                freshness_seconds=config.fetch.freshness_seconds)
         self.uploader = OutputUploader(config, reactor)
@@ -152,10 +183,12 @@ class KreeDaemon(AsyncMultiService):
             self.store, reactor, config.jobs_dir,
             job_roots={name: config.job_root(name) for name in config.backends},
             default_backend=config.supervisor.default_backend,
-            workflows=self.fetcher, checker=self.checker)
+            workflows=self.fetcher, checker=self.checker, sandbox=self.sandbox,
+            locks=ParameterLocks.from_config(config.parameters))
         self.jobs.add_observer(FinishedJobUploads(self.jobs, self.uploader, reactor).observe)
         self.supervisor = Supervisor(config, self.store, self.jobs, reactor,
-                                     fetcher=self.fetcher, stop_jobs_on_exit=stop_jobs_on_exit)
+                                     fetcher=self.fetcher, stop_jobs_on_exit=stop_jobs_on_exit,
+                                     sandbox=self.sandbox)
         self.supervisor.setServiceParent(self)
         self.jobs.attach_engines(self.supervisor)
         self.deliveries = DeliveryService(config, self.store, self.jobs, reactor)
@@ -169,13 +202,16 @@ class KreeDaemon(AsyncMultiService):
             feasibility=FeasibilityService(
                 self.store, self.jobs, backends=self.supervisor.backends,
                 free_slots=self.supervisor.free_slots,
-                default_backend=config.supervisor.default_backend),
+                default_backend=config.supervisor.default_backend,
+                locks=ParameterLocks.from_config(config.parameters)),
             catalog=EngineCatalog(self.store, reactor),
-            frontends=self.frontends)
+            frontends=self.frontends,
+            sandbox=self.sandbox)
         self.api = ApiService(config, services, reactor)
         self.api.setServiceParent(self)
         commands = AdminCommands(store=self.store, jobs=self.jobs, frontends=self.frontends,
-                                 engines=self.supervisor, state_dir=config.state_dir)
+                                 engines=self.supervisor, state_dir=config.state_dir,
+                                 sandbox=self.sandbox)
         AdminSocketService(commands, config.admin_socket, reactor).setServiceParent(self)
 
     def startService(self) -> Deferred:

@@ -62,6 +62,12 @@ STDERR_TAIL_BYTES = 4096
 MIB = 1024 * 1024
 
 
+#: What the engine reports of each parameter: its default text, whether it is
+#: a string, and for one of an actor, the actor's class, the attribute's name
+#: and whether it holds code (kree.jobs.ParameterLocks).
+PARAMETER_FIELDS = ("default", "string", "actor_class", "attribute", "code")
+
+
 class InvalidWorkflow(KreeError):
     status = 422
     code = "invalid_workflow"
@@ -285,7 +291,7 @@ class WorkflowChecker:
             valid=bool(report.get("valid")),
             problems=list(report.get("problems", [])),
             messages=list(report.get("messages", [])),
-            parameters={row["name"]: {"default": row["default"], "string": row["string"]}
+            parameters={row["name"]: {key: row[key] for key in PARAMETER_FIELDS if key in row}
                         for row in report.get("parameters", [])},
         )
 

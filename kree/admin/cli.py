@@ -1048,6 +1048,7 @@ def daemon_status(config: Config, args) -> dict[str, Any]:
         f"jobs: {jobs or 'none'}",
         f"queue: {status['queue_length']} waiting; engines: {status['running_engines']} "
         f"running",
+        _sandbox_line(status.get("sandbox") or {"mode": "none"}),
     ]
     # Each backend words what its status() said; one not installed here shows its counts.
     classes = registry.installed(problems=[])
@@ -1061,6 +1062,14 @@ def daemon_status(config: Config, args) -> dict[str, Any]:
         f"subscriptions: {status['subscriptions']['active']} active, {len(failing)} failing")
     lines += [f"  failing: {f['id']} {f['url']} ({f['last_error']})" for f in failing]
     return {**status, "text": "\n".join(lines)}
+
+
+def _sandbox_line(sandbox: dict[str, Any]) -> str:
+    if sandbox["mode"] == "none":
+        who = f", engines as {sandbox['user']}" if sandbox.get("user") else ""
+        return f"sandbox: none (engines are not contained{who})"
+    return (f"sandbox: {sandbox['mode']} (Landlock ABI {sandbox.get('landlock_abi')}), engines as "
+            f"{sandbox.get('user') or 'kreed’s own account'}")
 
 
 def jobs_action(config: Config, args) -> dict[str, Any]:

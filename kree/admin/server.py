@@ -40,6 +40,7 @@ from kree.errors import KreeError
 from kree.frontends import FrontendService
 from kree.jobs import JobService
 from kree.states import Action, JobState
+from kree.sandbox import Sandbox
 from kree.store import Store
 
 MAX_REQUEST_BYTES = 65536
@@ -141,12 +142,13 @@ class AdminCommands:
     """
 
     def __init__(self, *, store: Store, jobs: JobService, frontends: FrontendService,
-                 engines: EngineStatus, state_dir: Path) -> None:
+                 engines: EngineStatus, state_dir: Path, sandbox: Sandbox | None = None) -> None:
         self._store = store
         self._jobs = jobs
         self._frontends = frontends
         self._engines = engines
         self._state_dir = state_dir
+        self._sandbox = sandbox
         self.started = time.time()
 
     async def run(self, command: str, args: dict[str, Any], progress) -> Any:
@@ -178,6 +180,7 @@ class AdminCommands:
             "running_engines": self._engines.running_count,
             "max_running": self._engines.max_running,
             "backends": await self._engines.backend_status(),
+            "sandbox": self._sandbox.describe() if self._sandbox else {"mode": "none"},
             "subscriptions": {
                 "active": sum(s.status == "active" for s in subs),
                 "failing": [{"id": s.id, "url": s.url, "last_error": s.last_error}

@@ -17,6 +17,7 @@ from kree.web.routing import Call, Router
 from kree.config import Config
 from kree.engines import EngineCatalog
 from kree.jobs import JobService
+from kree.sandbox import Sandbox
 from kree.records import isoformat
 from kree.states import JobState
 
@@ -30,8 +31,10 @@ def openapi_document() -> dict[str, Any]:
 class InfoApi:
     log = Logger()
 
-    def __init__(self, config: Config, jobs: JobService, catalog: EngineCatalog) -> None:
+    def __init__(self, config: Config, jobs: JobService, catalog: EngineCatalog,
+                 sandbox: Sandbox | None = None) -> None:
         self._config = config
+        self._sandbox = sandbox
         self._jobs = jobs
         self._catalog = catalog
         self._openapi = openapi_document()
@@ -51,6 +54,7 @@ class InfoApi:
             "states": [s.value for s in JobState],
             "engines": [ENGINE],
             "backends": list(self._config.backends),
+            "sandbox": self._sandbox.describe() if self._sandbox else {"mode": "none"},
             "limits": {
                 "max_body_bytes": self._config.server.max_body_bytes,
                 "max_page": MAX_PAGE,

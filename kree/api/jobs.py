@@ -21,7 +21,7 @@ from kree import jobspec, outputs
 from kree.errors import HttpError, InvalidRequest
 from kree.events import EventWaiters
 from kree.jobdir import Product
-from kree.jobs import JobService, Submission, check_parameter_names
+from kree.jobs import JobService, Submission
 from kree.records import Job, JobDetail, Message, isoformat
 from kree.states import Action, JobState
 from kree.web.routing import ALREADY_WRITTEN, Call, Response, Router
@@ -215,12 +215,8 @@ class JobsApi:
         job = await self._job(call)
         body = call.json_object()
         parameters = jobspec.check_parameters(body.get("parameters", body), allow_null=True)
-        checked = await self._jobs.workflow_check_of(job, guard=call.while_connected)
-        if checked is not None:
-            check_parameter_names(checked, {k: v for k, v in parameters.items()
-                                                  if v is not None})
         detail = await self._jobs.edit_new(job.id, frontend_id=call.frontend.id,
-                                           parameters=parameters)
+                                           parameters=parameters, guard=call.while_connected)
         return {"id": job.id, "parameters": detail.parameters}
 
     async def put_input(self, call: Call) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from kree.engines import EngineCatalog
 from kree.events import EventWaiters
 from kree.feasibility import FeasibilityService
 from kree.jobs import JobService
+from kree.sandbox import Sandbox
 from kree.subscriptions import SubscriptionService
 from kree.web import tls
 from kree.web.resource import Dialect, Frontends, JsonDialect, WebResource
@@ -43,6 +44,8 @@ class V1Services:
     feasibility: FeasibilityService
     catalog: EngineCatalog
     frontends: Frontends
+    #: What service-info says of how engines are contained.
+    sandbox: Sandbox | None = None
 
 
 def build_v1(config: Config, services: V1Services, reactor) -> JsonDialect:
@@ -53,7 +56,7 @@ def build_v1(config: Config, services: V1Services, reactor) -> JsonDialect:
     JobsApi(services.jobs, waiters,
             allowed_hosts=config.fetch.allowed_hosts, walltime=walltime).register(router)
     WorkflowsApi(services.jobs).register(router)
-    InfoApi(config, services.jobs, services.catalog).register(router)
+    InfoApi(config, services.jobs, services.catalog, services.sandbox).register(router)
     SubscriptionsApi(services.subscriptions).register(router)
     FeasibilityApi(services.feasibility, walltime=walltime, backends=config.backends,
                    installed=config.installed_backends).register(router)

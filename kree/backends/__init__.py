@@ -26,11 +26,32 @@ backend's own spells its name.
 from __future__ import annotations
 
 import abc
+import os
+from pathlib import Path
 from typing import Any, Awaitable, Callable, ClassVar, Protocol
 
 import attrs
 
 from kree.records import Job
+from kree.sandbox import Sandbox
+
+#: What an engine never inherits of kreed's environment: the ways to reach
+#: kreed, or a state directory.
+ENGINE_ENV_DROP = ("KREE_STATE_DIR", "KREE_URL", "KREE_CERT", "KREE_KEY", "KREE_CA")
+
+
+def engine_environment(job: Job, sandbox: Sandbox | None) -> dict[str, str]:
+    """
+    The environment of a job's engine, on any backend: kreed's, without
+    L{ENGINE_ENV_DROP}, with the job's id and, when engines are contained,
+    its sandbox and its own temporary directory.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ENGINE_ENV_DROP}
+    env["KREE_JOB_ID"] = job.id
+    env["PYTHONUNBUFFERED"] = "1"
+    if sandbox is not None:
+        env.update(sandbox.environment(Path(job.job_dir), job.resources or {}))
+    return env
 
 
 class EngineObserver(Protocol):
@@ -98,12 +119,13 @@ class Backend(abc.ABC):
 
     @classmethod
     def from_config(cls, reactor, observer: EngineObserver, settings: Any,
-                    config: Any) -> "Backend":
+                    config: Any, sandbox: Sandbox | None = None) -> "Backend":
         """
-        The backend, built from its C{settings} (a L{config_type}) and the
-        whole L{kree.config.Config} (default: C{cls(reactor, observer)}).
+        The backend, built from its C{settings} (a L{config_type}), the
+        whole L{kree.config.Config} and the sandbox its engines run in
+        (default: C{cls(reactor, observer, sandbox=sandbox)}).
         """
-        return cls(reactor, observer)
+        return cls(reactor, observer, sandbox=sandbox)
 
     async def start_service(self) -> None:
         """Awaited once at daemon start, before any job is adopted (default: nothing)."""

@@ -60,8 +60,10 @@ class EventTail:
 def write_answer_file(job_dir: Path, n: int, line: bytes) -> None:
     """Answer C{n} as JOBDIR/answers/<n>.json, atomically (temp file, then rename)."""
     answers = job_dir / "answers"
-    answers.mkdir(mode=0o700, exist_ok=True)
+    # Readable by the engine, which may run under an account of its own (kree.sandbox).
+    answers.mkdir(mode=0o755, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=answers, prefix=f".{n}-")
+    os.fchmod(fd, 0o644)
     with os.fdopen(fd, "wb") as f:
         f.write(line)
     os.replace(tmp, answers / f"{n}.json")

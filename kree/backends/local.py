@@ -33,14 +33,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from kree.backends import Backend, EngineObserver, proctree
+from kree.backends import Backend, EngineObserver, engine_environment, proctree
 from kree.backends.eventfile import EventTail, write_answer_file
 from kree.engines import MOML
 from kree.records import Job
+from kree.sandbox import Sandbox
 
 # How often an adopted engine (no pipe to wake us) is checked, in seconds.
 POLL_SECONDS = 0.25
-ENGINE_ENV_DROP = ("KREE_STATE_DIR", "KREE_URL", "KREE_CERT", "KREE_KEY", "KREE_CA")
 
 
 class EngineProcess(protocol.ProcessProtocol):
@@ -144,10 +144,17 @@ class LocalBackend(Backend):
     samples_together = True
     log = Logger()
 
-    def __init__(self, reactor, observer: EngineObserver, *, python: str = sys.executable) -> None:
+    def __init__(self, reactor, observer: EngineObserver, *, python: str = sys.executable,
+                 sandbox: Sandbox | None = None) -> None:
+        """@param sandbox: contains every engine (kree.sandbox); None: not contained."""
         self.reactor = reactor
         self.observer = observer
         self.python = python
+        self.sandbox = sandbox
+        # The accounts a job's processes may run as: kreed's, and the
+        # engines' own when the sandbox changes account.
+        account = sandbox.account if sandbox is not None else None
+        self.uids = frozenset({os.getuid()} | ({account.uid} if account else set()))
         self._threadpool = reactor.getThreadPool()
         self.engines: dict[str, LocalEngine] = {}
 
@@ -169,14 +176,10 @@ class LocalBackend(Backend):
 
         engine.done = Deferred.fromCoroutine(run())
 
-    def _environment(self, job: Job) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ENGINE_ENV_DROP}
-        env["KREE_JOB_ID"] = job.id
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
-
     async def start(self, job: Job) -> dict[str, Any]:
         job_dir = Path(job.job_dir)
+        if self.sandbox is not None:
+            await self.in_thread(self.sandbox.hand_over, job_dir)
         log_fd = await self.in_thread(
             os.open, str(job_dir / "engine.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         engine = LocalEngine(self, job, None, None)
@@ -185,7 +188,7 @@ class LocalBackend(Backend):
         try:
             transport = self.reactor.spawnProcess(
                 process, self.python, MOML.run_command(job_dir, python=self.python),
-                env=self._environment(job), path=str(job_dir),
+                env=engine_environment(job, self.sandbox), path=str(job_dir),
                 childFDs={0: "w", 1: log_fd, 2: log_fd, 3: "r"},
             )
         finally:
@@ -218,20 +221,20 @@ class LocalBackend(Backend):
             return None
 
     async def pause(self, job: Job) -> None:
-        await self.in_thread(proctree.pause, self._ref(job), job.id)
+        await self.in_thread(proctree.pause, self._ref(job), job.id, self.uids)
 
     async def resume(self, job: Job) -> None:
-        await self.in_thread(proctree.resume, self._ref(job), job.id)
+        await self.in_thread(proctree.resume, self._ref(job), job.id, self.uids)
 
     async def terminate(self, job: Job) -> None:
         ref = self._ref(job)
         if ref is not None:
             # A paused engine cannot act on SIGTERM: continue it first.
-            await self.in_thread(proctree.resume, ref, job.id)
+            await self.in_thread(proctree.resume, ref, job.id, self.uids)
             await self.in_thread(proctree.terminate, ref)
 
     async def kill(self, job: Job) -> None:
-        await self.in_thread(proctree.kill, self._ref(job), job.id)
+        await self.in_thread(proctree.kill, self._ref(job), job.id, uids=self.uids)
 
     async def answer(self, job: Job, n: int, answer: dict[str, Any]) -> None:
         line = json.dumps(answer).encode() + b"\n"
@@ -242,12 +245,12 @@ class LocalBackend(Backend):
         await self.in_thread(write_answer_file, Path(job.job_dir), n, line)
 
     async def usage(self, job: Job) -> proctree.Usage:
-        return await self.in_thread(proctree.usage, self._ref(job), job.id)
+        return await self.in_thread(proctree.usage, self._ref(job), job.id, self.uids)
 
     async def usage_many(self, jobs: list[Job]) -> dict[str, proctree.Usage]:
         """L{usage} of every job in C{jobs} from one scan of /proc (the monitor's round)."""
         return await self.in_thread(proctree.usage_many,
-                                    {job.id: self._ref(job) for job in jobs})
+                                    {job.id: self._ref(job) for job in jobs}, self.uids)
 
     async def wait_exited(self, job_id: str) -> None:
         engine = self.engines.get(job_id)

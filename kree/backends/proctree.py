@@ -22,8 +22,10 @@ Limits: a process that clears or rewrites its environment before exec
 (C{env -i}, C{env={}}) and has also left the root's tree escapes the marker.
 The environment of a non-dumpable process (setuid programs, prctl
 PR_SET_DUMPABLE=0) is unreadable to a non-root caller and is skipped.
-Processes of other users are never returned and never signalled, nor are the
-calling process and its ancestors.  Zombies are never returned: they are
+Processes of other users are never returned and never signalled (but those
+of the accounts engines run as, C{uids}, when kreed contains them under an
+account of their own, kree.sandbox), nor are the calling process and its
+ancestors.  Zombies are never returned: they are
 already dead and only wait for their parent.
 
 Everything here is synchronous and slow-ish (it scans /proc): the daemon
@@ -107,6 +109,10 @@ class Usage:
     cpu_seconds: float
     rss_bytes: int
     processes: int
+
+
+#: The accounts whose processes may be a job's besides the caller's (None: only its own).
+Uids = Iterable[int] | None
 
 
 def _read(path: str, *, small: bool = True) -> bytes | None:
@@ -230,10 +236,11 @@ class _Entry:
     marker: str | None  # its KREE_JOB_ID, None if unset or unreadable
 
 
-def _entry(pid: int, uid: int, boot_time: float, read_environ: bool) -> _Entry | None:
+def _entry(pid: int, uids: frozenset[int], boot_time: float,
+           read_environ: bool) -> _Entry | None:
     """
     The process C{pid} if it is alive (not a zombie) and its real user is
-    C{uid}; None otherwise.  Its environment is read only if
+    one of C{uids}; None otherwise.  Its environment is read only if
     C{read_environ}.
     """
     base = f"/proc/{pid}/"
@@ -248,7 +255,7 @@ def _entry(pid: int, uid: int, boot_time: float, read_environ: bool) -> _Entry |
         if not status:
             return None
         uid_at = status.index(b"\nUid:") + 5
-        if int(status[uid_at:status.index(b"\n", uid_at)].split()[0]) != uid:
+        if int(status[uid_at:status.index(b"\n", uid_at)].split()[0]) not in uids:
             return None
         ppid = int(fields[1])
         create_time = _create_time(fields, boot_time)
@@ -284,8 +291,8 @@ class ProcessTable:
                 self.marked.setdefault(entry.marker, []).append(pid)
 
     @classmethod
-    def scan(cls) -> "ProcessTable":
-        uid = os.getuid()
+    def scan(cls, uids: Uids = None) -> "ProcessTable":
+        wanted = _uids(uids)
         excluded = _self_and_ancestors()
         boot_time = psutil.boot_time()
         entries: dict[int, _Entry] = {}
@@ -295,7 +302,7 @@ class ProcessTable:
             pid = int(name)
             if pid == 0:
                 continue
-            entry = _entry(pid, uid, boot_time, read_environ=pid not in excluded)
+            entry = _entry(pid, wanted, boot_time, read_environ=pid not in excluded)
             if entry is not None:
                 entries[pid] = entry
         return cls(entries, excluded)
@@ -394,14 +401,19 @@ class ProcessTable:
         return Usage(cpu_seconds=ticks / _CLOCK_TICKS, rss_bytes=rss * _PAGE_SIZE,
                      processes=count)
 
-def job_processes(ref: ProcessRef | None, job_id: str) -> list[psutil.Process]:
+def _uids(uids: Uids) -> frozenset[int]:
+    return frozenset({os.getuid()}) if uids is None else frozenset(uids) | {os.getuid()}
+
+
+def job_processes(ref: ProcessRef | None, job_id: str, uids: Uids = None) -> list[psutil.Process]:
     """
     Every live process of the job: the root C{ref} (if alive), all its
-    descendants, and every process of the current user marked with
-    C{KREE_JOB_ID=job_id} with its descendants.  The root comes first, then
-    parents before their children; unrelated subtrees by start time.
+    descendants, and every process of the current user (or of C{uids}, the
+    accounts engines run as) marked with C{KREE_JOB_ID=job_id} with its
+    descendants.  The root comes first, then parents before their children;
+    unrelated subtrees by start time.
     """
-    table = ProcessTable.scan()
+    table = ProcessTable.scan(uids)
     return table.processes(table.members(ref, job_id))
 
 
@@ -449,7 +461,7 @@ def _root(ref: ProcessRef | None) -> psutil.Process | None:
     return proc
 
 
-def pause(ref: ProcessRef | None, job_id: str) -> int:
+def pause(ref: ProcessRef | None, job_id: str, uids: Uids = None) -> int:
     """
     SIGSTOP every process of the job.  The root (the engine) is stopped
     first, before any scan, so that it stops at once and forks no more;
@@ -463,7 +475,7 @@ def pause(ref: ProcessRef | None, job_id: str) -> int:
     if root is not None and _status(root) not in _STOPPED:
         stopped.update(_key(p) for p in _signal([root], signal.SIGSTOP))
     for _ in range(PAUSE_ROUNDS):
-        running = [p for p in job_processes(ref, job_id) if _status(p) not in (None, *_STOPPED)]
+        running = [p for p in job_processes(ref, job_id, uids) if _status(p) not in (None, *_STOPPED)]
         if not running:
             break
         reached = _signal(running, signal.SIGSTOP)
@@ -472,9 +484,9 @@ def pause(ref: ProcessRef | None, job_id: str) -> int:
     return len(stopped)
 
 
-def resume(ref: ProcessRef | None, job_id: str) -> int:
+def resume(ref: ProcessRef | None, job_id: str, uids: Uids = None) -> int:
     """SIGCONT every process of the job, children first; returns how many."""
-    return len(_signal(reversed(job_processes(ref, job_id)), signal.SIGCONT))
+    return len(_signal(reversed(job_processes(ref, job_id, uids)), signal.SIGCONT))
 
 
 def terminate(ref: ProcessRef | None) -> bool:
@@ -495,7 +507,8 @@ def terminate(ref: ProcessRef | None) -> bool:
     return True
 
 
-def kill(ref: ProcessRef | None, job_id: str, *, timeout: float = 5.0) -> int:
+def kill(ref: ProcessRef | None, job_id: str, *, timeout: float = 5.0,
+         uids: Uids = None) -> int:
     """
     SIGKILL every process of the job: each round stops them all first (so
     none can fork any more), then kills them; rescans until none is left or
@@ -506,7 +519,7 @@ def kill(ref: ProcessRef | None, job_id: str, *, timeout: float = 5.0) -> int:
     deadline = time.monotonic() + timeout
     killed: set[tuple[int, float]] = set()
     while True:
-        procs = job_processes(ref, job_id)
+        procs = job_processes(ref, job_id, uids)
         if not procs:
             break
         _signal(procs, signal.SIGSTOP)
@@ -517,29 +530,29 @@ def kill(ref: ProcessRef | None, job_id: str, *, timeout: float = 5.0) -> int:
     return len(killed)
 
 
-def all_stopped(ref: ProcessRef | None, job_id: str) -> bool:
+def all_stopped(ref: ProcessRef | None, job_id: str, uids: Uids = None) -> bool:
     """
     Whether every process of the job is stopped (or in a tracing stop).
     True when the job has no process left.
     """
-    for proc in job_processes(ref, job_id):
+    for proc in job_processes(ref, job_id, uids):
         status = _status(proc)
         if status is not None and status not in _STOPPED:
             return False
     return True
 
 
-def usage(ref: ProcessRef | None, job_id: str) -> Usage:
+def usage(ref: ProcessRef | None, job_id: str, uids: Uids = None) -> Usage:
     """
     CPU seconds (user + system, plus the children_user/children_system of
     each process so that children it has waited for count) and resident
     memory summed over the job's live processes.
     """
-    table = ProcessTable.scan()
+    table = ProcessTable.scan(uids)
     return table.usage(table.members(ref, job_id))
 
 
-def usage_many(jobs: dict[str, ProcessRef | None]) -> dict[str, Usage]:
+def usage_many(jobs: dict[str, ProcessRef | None], uids: Uids = None) -> dict[str, Usage]:
     """L{usage} of every job in C{jobs} (job id -> its root), all from one scan."""
-    table = ProcessTable.scan()
+    table = ProcessTable.scan(uids)
     return {job_id: table.usage(table.members(ref, job_id)) for job_id, ref in jobs.items()}

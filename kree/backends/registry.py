@@ -67,13 +67,15 @@ def job_root(settings: Any, default: Path) -> Path:
     return Path(root) if root else default
 
 
-def build_backends(config, reactor, observer: EngineObserver) -> dict[str, Backend]:
+def build_backends(config, reactor, observer: EngineObserver,
+                   sandbox=None) -> dict[str, Backend]:
     """
     The enabled backends of C{config} (a L{kree.config.Config}), built, by
-    name, in the order of C{config.backends}.  Each backend's C{max_jobs}
+    name, in the order of C{config.backends}, their engines contained by
+    C{sandbox} (a L{kree.sandbox.Sandbox}).  Each backend's C{max_jobs}
     says how many jobs it takes at once (None: C{[supervisor] max_running}).
     """
     classes = installed()
     return {name: classes[name].from_config(reactor, observer,
-                                            config.backend_settings[name], config)
+                                            config.backend_settings[name], config, sandbox)
             for name in config.backends}

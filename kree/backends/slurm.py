@@ -62,15 +62,15 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from kree.backends import Backend
+from kree.backends import Backend, engine_environment
 from kree.backends.eventfile import EventTail, write_answer_file
 from kree.backends.proctree import Usage
 from kree.engines import MOML
 from kree.errors import KreeError
 from kree.records import Job
+from kree.sandbox import Sandbox
 from kree.states import JobState
 
-ENGINE_ENV_DROP = ("KREE_STATE_DIR", "KREE_URL", "KREE_CERT", "KREE_KEY", "KREE_CA")
 JOB_NAME_PREFIX = "kree-"
 SCRIPT = "slurm-job.sh"
 
@@ -320,11 +320,17 @@ class SlurmBackend(Backend):
     log = Logger()
 
     @classmethod
-    def from_config(cls, reactor, observer, settings: SlurmConfig, config) -> "SlurmBackend":
-        return cls(reactor, observer, settings)
+    def from_config(cls, reactor, observer, settings: SlurmConfig, config,
+                    sandbox: Sandbox | None = None) -> "SlurmBackend":
+        return cls(reactor, observer, settings, sandbox=sandbox)
 
     def __init__(self, reactor, observer, settings: SlurmConfig, *,
-                 python: str | None = None) -> None:
+                 python: str | None = None, sandbox: Sandbox | None = None) -> None:
+        """
+        @param sandbox: contains every engine on its node, as far as the node
+            allows (kree.sandbox); None: not contained.
+        """
+        self.sandbox = sandbox
         self.reactor = reactor
         self.observer = observer
         self.settings = settings
@@ -598,12 +604,6 @@ class SlurmBackend(Backend):
 
     # -- the Backend interface -----------------------------------------------------------
 
-    def _environment(self, job: Job) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ENGINE_ENV_DROP}
-        env["KREE_JOB_ID"] = job.id
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
-
     def _write_script(self, job_dir: Path, job_id: str) -> Path:
         script = job_dir / SCRIPT
         script.write_text(
@@ -623,10 +623,12 @@ class SlurmBackend(Backend):
                           job_id=job.id, slurm_id=slurm_id)
         else:
             script = await self.in_thread(self._write_script, job_dir, job.id)
+            if self.sandbox is not None:
+                await self.in_thread(self.sandbox.hand_over, job_dir)
             try:
                 out, _, _ = await self.run("sbatch",
                                            *sbatch_arguments(job, self.settings, script),
-                                           env=self._environment(job))
+                                           env=engine_environment(job, self.sandbox))
                 first = out.strip().split(";")[0]
                 if not first.isdigit():
                     raise CommandFailed(f"sbatch answered {out.strip()!r}, not a job id")

@@ -27,6 +27,7 @@ kills whole at its deadline).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import resource
@@ -35,12 +36,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from kree.engine import software
+from kree.engine import sandbox, software
 from kree.engine.protocol import EXIT_FAILED, EXIT_USAGE, stdin_fd
 from kree.engine.registry import Registry
 from kree.engine.runner import check, run_job
 
-COMMANDS = ("run", "validate", "params", "actors", "software")
+COMMANDS = ("run", "validate", "params", "actors", "software", "sandbox-check")
 # validate ran out of the memory that --max-memory allowed it.
 EXIT_OUT_OF_MEMORY = 4
 
@@ -157,7 +158,40 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("file", metavar="FILE")
     commands.add_parser("actors", help="list the actor classes (JSON)")
     commands.add_parser("software", help="detect third-party software (JSON)")
+    commands.add_parser("sandbox-check",
+                        help="enter the sandbox of $KREE_SANDBOX and show that an engine "
+                             "can work there (kreed runs it at start)")
     return parser
+
+
+def command_sandbox_check() -> int:
+    """
+    Enter the sandbox kreed describes in the environment, then do what every
+    engine does: import the engine and its actors, start Python again, write
+    in its directory and its temporary directory.  Exit 0, or print what
+    failed and exit EXIT_FAILED.
+    """
+    import subprocess
+
+    spec = sandbox.spec_from_environment()
+    try:
+        if spec is not None:
+            sandbox.apply(spec)
+        Registry.default()
+        importlib.import_module("decimal")  # one nobody imported yet: the stdlib is readable
+        Path("sandbox-check").write_text("ok")
+        tempfile.TemporaryFile().close()
+        subprocess.run([sys.executable, "-c", "import kree.engine.runner"], check=True,
+                       capture_output=True, timeout=60)
+    except subprocess.CalledProcessError as e:
+        print(f"Python does not start in the sandbox: "
+              f"{e.stderr.decode(errors='replace').strip().splitlines()[-1:]}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    _print({"sandbox": sandbox.describe(spec) if spec else None})
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -174,7 +208,10 @@ def main(argv: list[str] | None = None) -> None:
         except OSError:
             pass  # already a session leader
         sys.exit(run_job(Path(args.job_dir), stdin_fd=stdin_fd(),
-                         use_fd3=not args.no_events_fd))
+                         use_fd3=not args.no_events_fd,
+                         contained=sandbox.spec_from_environment()))
+    if args.command == "sandbox-check":
+        sys.exit(command_sandbox_check())
     if args.command == "validate":
         sys.exit(command_validate(args))
     if args.command == "params":

@@ -77,6 +77,9 @@ class ParamSpec:
     # String mode (Ptolemy's StringParameter): the text is the value, unevaluated.
     string: bool = False
     doc: str = ""
+    # It holds code the actor runs (a language actor's script, a command):
+    # frontends may not set it unless the admin's policy says so.
+    code: bool = False
 
 
 class Receiver:
@@ -375,12 +378,23 @@ class Model:
     scopes: dict[str, Scope]
 
     def parameter_table(self) -> list[dict[str, Any]]:
-        """Every settable parameter with its default text (for `params`)."""
-        return [
-            {"name": p.full_name, "default": p.text, "string": p.string}
-            for scope in self.scopes.values()
-            for p in scope.parameters.values()
-        ]
+        """
+        Every settable parameter with its default text (for `params`); one of
+        an actor also names the actor's class and whether it holds code the
+        actor runs (kree.jobs refuses to let frontends set such a one).
+        """
+        actors = {actor.full_name: actor for actor in self.actors}
+        table = []
+        for scope in self.scopes.values():
+            actor = actors.get(scope.full_name)
+            for p in scope.parameters.values():
+                row = {"name": p.full_name, "default": p.text, "string": p.string}
+                if actor is not None:
+                    spec = next((s for s in type(actor).parameters if s.name == p.name), None)
+                    row.update(actor_class=actor.class_name, attribute=p.name,
+                               code=bool(spec is not None and spec.code))
+                table.append(row)
+        return table
 
 
 # -- building ---------------------------------------------------------------------

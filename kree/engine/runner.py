@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from kree.engine import directors, software
+from kree.engine import directors, sandbox, software
 from kree.engine.model import Model, StopRequested, ValidationError, WorkflowError, build
 from kree.engine.moml import MomlError, parse_moml
 from kree.engine.protocol import (
@@ -28,6 +28,7 @@ from kree.engine.protocol import (
 )
 from kree.engine.policy import valid_policy
 from kree.engine.registry import Registry, effective_policy
+from kree.engine.sandbox import SandboxSpec
 
 
 @attrs.frozen
@@ -87,10 +88,29 @@ def _read_json(path: Path, what: str) -> dict:
 
 
 def run_job(job_dir: Path, *, stdin_fd: int | None = None, use_fd3: bool = True,
-            install_signals: bool = True, echo=None) -> int:
-    """Run the job in C{job_dir}; the exit code (also in the final end event)."""
+            install_signals: bool = True, echo=None,
+            contained: SandboxSpec | None = None) -> int:
+    """
+    Run the job in C{job_dir}; the exit code (also in the final end event).
+
+    @param contained: the sandbox to enter first (kree.engine.sandbox);
+        the engine then names the job directory's files from where the
+        sandbox shows it (/tmp, when the engine changed account).
+    """
     job_dir = Path(job_dir).resolve()
     events = EventWriter(job_dir, use_fd3=use_fd3, echo=echo)
+    if contained is not None:
+        try:
+            seen_at = sandbox.apply(contained)
+        except (sandbox.SandboxUnavailable, OSError) as e:
+            error = f"the engine could not enter its sandbox: {e}"
+            events.write({"type": "error", "message": error})
+            events.write({"type": "end", "exit_code": EXIT_FAILED, "state": "failed",
+                          "error": error})
+            events.close()
+            return EXIT_FAILED
+        if seen_at:
+            job_dir = Path(seen_at)
     context = EngineContext(job_dir, events, stdin_fd=stdin_fd)
     if install_signals:
         context.install_stop_handler()

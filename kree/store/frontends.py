@@ -50,6 +50,15 @@ class FrontendsStore:
             raise FrontendNotFound(name)
         return _frontend(row)
 
+    async def by_id(self, frontend_id: int) -> Frontend | None:
+        return await self._pool.run(self.by_id_thd, frontend_id)
+
+    def by_id_thd(self, conn, frontend_id: int) -> Frontend | None:
+        row = conn.execute(
+            sa.select(model.frontends).where(model.frontends.c.id == frontend_id)
+        ).one_or_none()
+        return _frontend(row) if row is not None else None
+
     async def by_fingerprint(self, fingerprint: str) -> Frontend | None:
         """The frontend with this certificate, revoked or not; None if unknown."""
         return await self._pool.run(self.by_fingerprint_thd, fingerprint)

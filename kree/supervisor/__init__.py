@@ -37,6 +37,7 @@ from kree.config import Config
 from kree.errors import KreeError
 from kree.jobs import JobService, WorkflowSource
 from kree.records import Job
+from kree.sandbox import Sandbox
 from kree.states import Action
 from kree.store import Store
 from kree.supervisor.actions import Actions
@@ -56,7 +57,8 @@ class Supervisor(Service):
 
     def __init__(self, config: Config, store: Store, jobs: JobService, reactor, *,
                  fetcher: WorkflowSource, backends: dict[str, Backend] | None = None,
-                 stop_jobs_on_exit: bool = False, in_thread: InThread | None = None) -> None:
+                 stop_jobs_on_exit: bool = False, in_thread: InThread | None = None,
+                 sandbox: Sandbox | None = None) -> None:
         """
         @param fetcher: fetches inputs and keeps fetched workflows.
         @param backends: instead of those the configuration names (tests);
@@ -79,7 +81,7 @@ class Supervisor(Service):
                                           slot_freed=self.kick, in_thread=in_thread,
                                           patience=patience)
         if backends is None:
-            backends = build_backends(config, reactor, self.engine_events)
+            backends = build_backends(config, reactor, self.engine_events, sandbox)
         # How many of a backend's jobs may be handed to it at once.
         limits = {name: self.max_running if backend.max_jobs is None else backend.max_jobs
                   for name, backend in backends.items()}

@@ -96,6 +96,22 @@ def _wait(actor: Actor, process: subprocess.Popen, timeout: float) -> None:
         interval = min(interval * 2, 0.1)
 
 
+#: Why the sandbox's limits kill a program (kree.engine.sandbox).
+_LIMIT_SIGNALS = {signal.SIGXCPU: "its CPU time limit", signal.SIGXFSZ: "its file size limit"}
+
+
+def describe_exit(code: int) -> str:
+    """An exit code as people read it: a signal by name, and the limit it means."""
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        return f"killed by signal {-code}"
+    limit = _LIMIT_SIGNALS.get(-code)
+    return f"killed by {name}" + (f": it went over {limit}" if limit else "")
+
+
 def _exited(process: subprocess.Popen) -> bool:
     if hasattr(os, "waitid"):
         try:
@@ -203,9 +219,11 @@ class ExternalExecution(Actor):
     class_name = "org.sdm.spa.ExternalExecution"
     ports = (PortSpec("input", input=True), OUTPUT, PortSpec("error", output=True),
              PortSpec("exitCode", output=True))
-    parameters = (ParamSpec("command", "{}", doc='an array of strings: {"wc", "-l", "file"}'),
+    parameters = (ParamSpec("command", "{}", doc='an array of strings: {"wc", "-l", "file"}',
+                            code=True),
                   TIMEOUT,
-                  ParamSpec("environment", "{}", doc="a record of extra environment variables"))
+                  ParamSpec("environment", "{}", doc="a record of extra environment variables",
+                            code=True))
 
     def initialize(self) -> None:
         super().initialize()
@@ -298,8 +316,8 @@ class _ScriptActor(Actor):
         finally:
             _remove(script)
         if result.exit_code != 0:
-            raise self.fail(f"the {self.language} code failed (exit code {result.exit_code}):\n"
-                            f"{_tail(result.stderr)}")
+            raise self.fail(f"the {self.language} code failed ({describe_exit(result.exit_code)}):"
+                            f"\n{_tail(result.stderr)}")
         return result
 
     def send_results(self, stdout: str, results: Path | None) -> None:
@@ -455,7 +473,7 @@ class RExpression(_ScriptActor):
     class_name = "org.ecoinformatics.seek.R.RExpression"
     software = ("R",)
     language = "R"
-    parameters = (ParamSpec("expression", "", string=True, doc="the R code"), TIMEOUT)
+    parameters = (ParamSpec("expression", "", string=True, doc="the R code", code=True), TIMEOUT)
 
     def initialize(self) -> None:
         super().initialize()
@@ -647,7 +665,8 @@ class MatlabExpression(_ScriptActor):
     # One of these is needed (Matlab preferred).
     software_any = ("Matlab", "Octave")
     language = "Matlab/Octave"
-    parameters = (ParamSpec("expression", "", string=True, doc="the Matlab/Octave code"),
+    parameters = (ParamSpec("expression", "", string=True, doc="the Matlab/Octave code",
+                            code=True),
                   TIMEOUT)
 
     def initialize(self) -> None:
@@ -738,8 +757,8 @@ class PythonScript(_ScriptActor):
 
     class_name = "ptolemy.actor.lib.python.PythonScript"
     language = "Python"
-    parameters = (ParamSpec("script", "", string=True, doc="the Python code; it prints its "
-                                                             "result"), TIMEOUT)
+    parameters = (ParamSpec("script", "", string=True, code=True,
+                            doc="the Python code; it prints its result"), TIMEOUT)
 
     def output_ports(self) -> list:
         return []
