@@ -23,7 +23,7 @@ import psutil
 
 from kree.backends import Backend
 from kree.errors import KreeError
-from kree.jobs import Guard, JobService, ParameterLocks
+from kree.jobs import Guard, JobService, ParameterLocks, ResourceRules
 from kree.store import Store
 from kree.validation import CheckerBusy, InvalidWorkflow
 
@@ -60,13 +60,15 @@ class Feasibility:
 class FeasibilityService:
     def __init__(self, store: Store, jobs: JobService, *, backends: Mapping[str, Backend],
                  free_slots: Callable[[str], int], default_backend: str,
-                 locks: ParameterLocks = ParameterLocks()) -> None:
+                 locks: ParameterLocks = ParameterLocks(),
+                 sandbox: ResourceRules | None = None) -> None:
         self._store = store
         self._jobs = jobs
         self._backends = backends
         self._free_slots = free_slots
         self._default_backend = default_backend
         self._locks = locks
+        self._sandbox = sandbox
 
     async def check(self, request: FeasibilityRequest, *,
                     guard: Guard | None = None) -> Feasibility:
@@ -90,6 +92,12 @@ class FeasibilityService:
             reasons.append(f"workflow: {e.message}")
 
         resources = request.resources
+        if self._sandbox is not None:
+            frontend = await self._store.frontends.by_id(request.frontend_id)
+            try:
+                self._sandbox.check_resources(resources, frontend.name if frontend else "")
+            except KreeError as e:
+                reasons.append(e.message)  # it names the resource
         backend = resources.get("backend", self._default_backend)
         offered = self._backends.get(backend)
         estimated_start = None

@@ -36,7 +36,7 @@ import attrs
 from twisted.internet.utils import getProcessOutputAndValue
 
 import kree
-from kree.engine.sandbox import ENV, JOB_MOUNT, SandboxSpec, landlock_abi
+from kree.engine.sandbox import ENV, SandboxSpec, landlock_abi
 from kree.engines import MOML
 from kree.errors import ConfigError
 from kree.jobspec import InvalidJobSpec
@@ -173,8 +173,7 @@ class Sandbox:
 
     def environment(self, job_dir: Path, resources: dict[str, Any]) -> dict[str, str]:
         """What an engine's environment gets: its spec and its own temporary directory."""
-        # An engine that changed account sees its job directory at /tmp.
-        tmp = f"{JOB_MOUNT}/{TMP}" if self.account else str(Path(job_dir) / TMP)
+        tmp = str(Path(job_dir) / TMP)
         return {ENV: self.spec_for(job_dir, resources).to_env(), "TMPDIR": tmp, "HOME": tmp}
 
     def hand_over(self, job_dir: Path) -> None:

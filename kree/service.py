@@ -203,7 +203,7 @@ class KreeDaemon(AsyncMultiService):
                 self.store, self.jobs, backends=self.supervisor.backends,
                 free_slots=self.supervisor.free_slots,
                 default_backend=config.supervisor.default_backend,
-                locks=ParameterLocks.from_config(config.parameters)),
+                locks=ParameterLocks.from_config(config.parameters), sandbox=self.sandbox),
             catalog=EngineCatalog(self.store, reactor),
             frontends=self.frontends,
             sandbox=self.sandbox)

@@ -12,7 +12,6 @@ directory there for another reason than the sandbox's rules.
 """
 
 import os
-import pwd
 import shutil
 import socket
 import tempfile
@@ -73,17 +72,23 @@ def listener():
     sock.close()
 
 
-def account_processes() -> list:
-    """The processes of the account engines run as (when kreed changes account)."""
-    uid = pwd.getpwnam("nobody").pw_uid if os.geteuid() == 0 else None
-    return [p for p in psutil.process_iter(["uids"]) if uid is not None and p.info["uids"]
-            and p.info["uids"].real == uid]
+def jobs_processes(server) -> list:
+    """The processes of this server's jobs (those the engine account runs included)."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            job_id = process.environ().get("KREE_JOB_ID")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if job_id and (server.state_dir / "jobs" / job_id).is_dir():
+            found.append(process)
+    return found
 
 
 def run(server, frontend: str, actor_class: str, code: str, resources=None) -> dict:
     if resources and "processes" in resources:
         # The process limit counts the whole account's: let an earlier bomb's children end.
-        wait_for(lambda: not account_processes(), "the engine account's processes to end")
+        wait_for(lambda: not jobs_processes(server), "the earlier jobs' processes to end")
     client = server.client(frontend)
     uri = client.post("/v1/workflows", body=script_workflow(actor_class, code),
                       headers={"Content-Type": "application/xml"}).json["uri"]
@@ -287,3 +292,70 @@ def _accepts(sock) -> bool:
         return False
     conn.close()
     return True
+
+
+def r_files_probe(paths: dict[str, str]) -> str:
+    """The file-system part of L{r_probe}."""
+    return "\n".join(line for line in r_probe(paths).splitlines()
+                     if not any(word in line for word in ("connect-", "fork-bomb", "allocate")))
+
+
+FILE_PROBES = ("read-ca-key", "read-database", "read-product", "write-outside", "write-system")
+
+
+@needs_r
+def test_on_slurm_a_job_touches_only_its_own_files():
+    from slurm_cluster import SLURM_CONFIG, require_slurm
+
+    require_slurm()
+    base = Path(tempfile.mkdtemp(prefix="kree-sandbox-slurm-", dir="/var/tmp"))
+    on_slurm = LiveKree(base, config_text=SLURM_CONFIG)
+    on_slurm.start()
+    try:
+        product = other_frontends_product(on_slurm)  # a local job's, on this server
+        outside = base / "written-on-slurm"
+        paths = attempts(on_slurm, 1, product, outside)
+        job = run(on_slurm, "gateway", R, r_files_probe(paths), resources={"backend": "slurm"})
+        assert job["state"] == "FINISHED", job
+        lines = {line.split(" ", 1)[0]: line for line in job["text"].splitlines()}
+        for probe in FILE_PROBES:
+            assert "refused" in lines.get(probe, ""), (probe, job["text"])
+        assert not outside.exists() and product.read_text() == "portal-secret\n"
+    finally:
+        on_slurm.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_feasibility_says_what_the_sandbox_refuses(server):
+    client = server.client("portal")
+    uri = client.post("/v1/workflows", body=script_workflow(R, 'cat(1)', name="rstats"),
+                      headers={"Content-Type": "application/xml"}).json["uri"]
+    answer = client.post("/v1/feasibility", {
+        "workflow": uri, "resources": {"network": True},
+        "parameters": {".rstats.Code.expression": "1"}}).json
+    assert not answer["feasible"]
+    assert any(r.startswith("network: jobs of frontend 'portal' may not have network")
+               for r in answer["reasons"]), answer
+    assert any(r.startswith("parameter .rstats.Code.expression: holds code")
+               for r in answer["reasons"]), answer
+
+
+@needs_r
+def test_a_frontend_allowed_network_gets_it(tmp_path, listener):
+    """The other side of the network rule: the listener does hear a job that may have network."""
+    base = Path(tempfile.mkdtemp(prefix="kree-sandbox-net-", dir="/var/tmp"))
+    allowed = LiveKree(base, config_text='[sandbox]\nnetwork_frontends = ["portal"]\n')
+    allowed.start()
+    try:
+        port = listener.getsockname()[1]
+        connect = (f'con <- socketConnection("127.0.0.1", {port}, open = "r+", blocking = TRUE, '
+                   'timeout = 5); close(con); cat("connected")')
+        job = run(allowed, "portal", R, connect, resources={"network": True})
+        assert job["state"] == "FINISHED" and job["text"] == "connected", job
+        wait_for(lambda: _accepts(listener), "the job's connection")
+        # Without asking, the same frontend's job has none.
+        job = run(allowed, "portal", R, connect)
+        assert job["state"] == "FAILED" and "cannot be opened" in job["error"], job
+    finally:
+        allowed.stop()
+        shutil.rmtree(base, ignore_errors=True)

@@ -197,11 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.set_defaults(handler=frontend_revoke)
 
     status = commands.add_parser(
-        "status", help="is kreed up; jobs by state, queue, backends, failing subscriptions",
+        "status", help="is kreed up; jobs by state, queue, backends, sandbox, failing "
+        "subscriptions",
         description="Ask the running kreed (admin socket) for its status: jobs by state, "
         "each execution backend with its jobs and limit and what it reports (a batch "
         "system such as Slurm: whether its controller answers, and KREE's jobs in its "
-        "queue), and failing subscriptions. When it is not running, say so "
+        "queue), how engines are contained ([sandbox] mode, the account they run as), "
+        "and failing subscriptions. When it is not running, say so "
         "(exit 1) and show what the database holds.")
     status.set_defaults(handler=daemon_status)
     _add_jobs_commands(commands)

@@ -93,15 +93,13 @@ def run_job(job_dir: Path, *, stdin_fd: int | None = None, use_fd3: bool = True,
     """
     Run the job in C{job_dir}; the exit code (also in the final end event).
 
-    @param contained: the sandbox to enter first (kree.engine.sandbox);
-        the engine then names the job directory's files from where the
-        sandbox shows it (/tmp, when the engine changed account).
+    @param contained: the sandbox to enter first (kree.engine.sandbox).
     """
     job_dir = Path(job_dir).resolve()
     events = EventWriter(job_dir, use_fd3=use_fd3, echo=echo)
     if contained is not None:
         try:
-            seen_at = sandbox.apply(contained)
+            sandbox.apply(contained)
         except (sandbox.SandboxUnavailable, OSError) as e:
             error = f"the engine could not enter its sandbox: {e}"
             events.write({"type": "error", "message": error})
@@ -109,8 +107,6 @@ def run_job(job_dir: Path, *, stdin_fd: int | None = None, use_fd3: bool = True,
                           "error": error})
             events.close()
             return EXIT_FAILED
-        if seen_at:
-            job_dir = Path(seen_at)
     context = EngineContext(job_dir, events, stdin_fd=stdin_fd)
     if install_signals:
         context.install_stop_handler()

@@ -7,10 +7,10 @@ engine applies it first thing, and everything it starts inherits it:
   1. resource limits (setrlimit): CPU seconds, address space, processes,
      file size, no core files;
   2. identity: when the engine starts as root, it becomes the unprivileged
-     account of the spec (supplementary groups dropped, then gid, then uid),
-     in a mount namespace of its own where the job directory is /tmp: that
-     account may not pass the directories above the job directory, and the
-     job gets a temporary directory nobody else sees;
+     account of the spec (supplementary groups dropped, then gid, then uid);
+     where that account may not pass a directory above the job directory,
+     it gets a mount namespace of its own in which that directory is an
+     empty tmpfs holding only the path to the job directory, bound there;
   3. C{no_new_privs}, so nothing it executes gains privileges (setuid
      binaries included);
   4. Landlock (the kernel's unprivileged access control, inherited by
@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import resource
+import stat
 from typing import Any
 
 import attrs
@@ -75,11 +76,10 @@ SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
 SCOPE_SIGNAL = 1 << 1
 
 _CLONE_NEWNS = 0x00020000
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
 _MS_BIND = 4096
 _MS_REC = 16384
 _MS_PRIVATE = 1 << 18
-#: Where the job directory is seen by an engine that changed account.
-JOB_MOUNT = "/tmp"
 
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_SET_SECCOMP = 22
@@ -269,58 +269,106 @@ def _no_sockets() -> None:
         raise SandboxUnavailable(f"seccomp: {os.strerror(code)}")
 
 
+def _gid(spec: SandboxSpec) -> int:
+    return spec.gid if spec.gid is not None else spec.uid
+
+
 def _changes_account(spec: SandboxSpec) -> bool:
     return spec.uid is not None and os.geteuid() == 0 and spec.uid != 0
 
 
-def _job_at_tmp(job_dir: str) -> None:
-    """A mount namespace of our own, the job directory bound at /tmp, entered."""
+def _searchable(path: str, uid: int, gid: int) -> bool:
+    """Whether C{uid} (with only C{gid}) may pass through the directory C{path}."""
+    st = os.stat(path)
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IXUSR)
+    if st.st_gid == gid:
+        return bool(st.st_mode & stat.S_IXGRP)
+    return bool(st.st_mode & stat.S_IXOTH)
+
+
+def _closed_ancestor(job_dir: str, uid: int, gid: int) -> str | None:
+    """The topmost directory above C{job_dir} that the account may not pass, if any."""
+    parts = os.path.realpath(job_dir).split("/")[1:-1]
+    path = "/"
+    if not _searchable(path, uid, gid):
+        return path
+    for part in parts:
+        path = os.path.join(path, part)
+        if not _searchable(path, uid, gid):
+            return path
+    return None
+
+
+def _mount(source, target, fstype, flags: int, data, what: str) -> None:
+    if _libc.mount(source, target, fstype, flags, data) != 0:
+        raise SandboxUnavailable(f"{what}: {os.strerror(ctypes.get_errno())}")
+
+
+def _make_job_reachable(job_dir: str, uid: int, gid: int) -> None:
+    """
+    Where the account may not pass a directory above the job directory: a
+    mount namespace of our own, an empty tmpfs on that directory holding only
+    the path down to the job directory, and the job directory bound there,
+    at the same path.  What else was under that directory is not there.
+    """
+    closed = _closed_ancestor(job_dir, uid, gid)
+    if closed is None:
+        return
+    job_dir = os.path.realpath(job_dir)
     _libc.unshare.restype = ctypes.c_int
     _libc.mount.restype = ctypes.c_int
     if _libc.unshare(_CLONE_NEWNS) != 0:
         raise SandboxUnavailable(f"unshare: {os.strerror(ctypes.get_errno())}")
-    if _libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
-        raise SandboxUnavailable(f"private mounts: {os.strerror(ctypes.get_errno())}")
-    if _libc.mount(os.fsencode(job_dir), os.fsencode(JOB_MOUNT), None,
-                   _MS_BIND | _MS_REC, None) != 0:
-        raise SandboxUnavailable(f"binding the job directory: {os.strerror(ctypes.get_errno())}")
-    os.chdir(JOB_MOUNT)
+    _mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None, "private mounts")
+    # Opened in the new namespace: a bind must come from one of its mounts.
+    fd = os.open(job_dir, os.O_PATH | os.O_CLOEXEC)
+    try:
+        _mount(b"tmpfs", os.fsencode(closed), b"tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
+               b"mode=0755,size=1m", f"a tmpfs on {closed}")
+        old_umask = os.umask(0o022)  # kreed's 077 would close the path again
+        try:
+            os.makedirs(job_dir, mode=0o755, exist_ok=True)
+        finally:
+            os.umask(old_umask)
+        _mount(os.fsencode(f"/proc/self/fd/{fd}"), os.fsencode(job_dir), None,
+               _MS_BIND | _MS_REC, None, "binding the job directory")
+    finally:
+        os.close(fd)
+    os.chdir(job_dir)
 
 
 def _become(spec: SandboxSpec) -> None:
     """Started as root: become the spec's account (groups, then gid, then uid)."""
     if _changes_account(spec):
         os.setgroups([])
-        os.setgid(spec.gid if spec.gid is not None else spec.uid)
+        os.setgid(_gid(spec))
         os.setuid(spec.uid)
         if os.geteuid() == 0 or os.getuid() == 0:
             raise SandboxUnavailable("the engine is still root after changing account")
 
 
-def apply(spec: SandboxSpec) -> str | None:
+def apply(spec: SandboxSpec) -> None:
     """
     Put this process, and everything it will start, in the sandbox; for
-    good.  Where the job directory is seen from now on (its working
-    directory), if the spec names one.  Raises L{SandboxUnavailable} (or
-    OSError) if any step fails: the engine then runs nothing.
+    good; its working directory is then the spec's C{workdir}.  Raises
+    L{SandboxUnavailable} (or OSError) if any step fails: the engine then
+    runs nothing.
     """
     if spec.mode not in ("landlock", "none"):
         raise SandboxUnavailable(f"unknown sandbox mode {spec.mode!r}")
-    seen_at = spec.workdir
     if spec.workdir:
         os.chdir(spec.workdir)
     if spec.mode == "none":
         if spec.workdir and _changes_account(spec):
-            _job_at_tmp(spec.workdir)
-            seen_at = JOB_MOUNT
+            _make_job_reachable(spec.workdir, spec.uid, _gid(spec))
         _become(spec)  # not contained, but never root
-        return seen_at
+        return
     _limits(spec)
     ruleset = _landlock(spec)
     try:
         if spec.workdir and _changes_account(spec):
-            _job_at_tmp(spec.workdir)
-            seen_at = JOB_MOUNT
+            _make_job_reachable(spec.workdir, spec.uid, _gid(spec))
         _become(spec)
         if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise SandboxUnavailable(f"no_new_privs: {os.strerror(ctypes.get_errno())}")
@@ -329,7 +377,6 @@ def apply(spec: SandboxSpec) -> str | None:
         os.close(ruleset)
     if not spec.network:
         _no_sockets()
-    return seen_at
 
 
 def spec_from_environment(environ: dict[str, str] | None = None) -> SandboxSpec | None:
