@@ -44,7 +44,7 @@ class DemoBackend(Backend):
     config_type = DemoConfig
 
     @classmethod
-    def from_config(cls, reactor, observer, settings, config):
+    def from_config(cls, reactor, observer, settings, config, sandbox=None):
         return cls(reactor, observer, settings, config.state_dir)
 
     def __init__(self, reactor, observer, settings, state_dir):

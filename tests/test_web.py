@@ -23,6 +23,7 @@ from kree.web import tls
 from kree.web.resource import JsonDialect, WebResource
 from kree.web.routing import Response, Router
 from kree.web.site import WebSite
+from waiting import until_awaited
 
 
 class MsgDialect(JsonDialect):
@@ -130,14 +131,28 @@ async def test_an_unregistered_certificate_is_refused_in_the_dialects_shape(site
                                     "status_code": 403})
     status, _, body = await request(site, "GET", "/v1/ok", name="stranger")
     assert (status, body["error"]["code"]) == (403, "unknown_frontend")
-    # Refusals are audited whatever the dialect, with the error's code.
-    refused = [r for r in await store.audit.list() if r.outcome == "refused"]
+    # Refusals are audited whatever the dialect, with the error's code (once answered).
+    refused = []
+
+    async def both_refusals():
+        refused[:] = [r for r in await store.audit.list() if r.outcome == "refused"]
+        return len(refused) == 2
+
+    await until_awaited(both_refusals, "both refusals in the audit log")
     assert [r.details["error"] for r in refused] == ["unknown_frontend", "unknown_frontend"]
 
 
 @pytest_twisted.ensureDeferred
 async def test_changes_are_audited_under_the_routes_action(site, store):
     await request(site, "POST", "/ga4gh/wes/v1/things/x")
-    (record,) = await store.audit.list()
+    # The record is written once the answer is sent: wait for it.
+    records = []
+
+    async def audited():
+        records[:] = await store.audit.list()
+        return records
+
+    await until_awaited(audited, "the audit record")
+    (record,) = records
     assert (record.actor, record.action, record.outcome, record.status) == (
         "portal", "thing.create", "ok", 201)

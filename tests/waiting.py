@@ -17,7 +17,7 @@ it usually takes.
 from __future__ import annotations
 
 import time
-from typing import Callable, TypeVar
+from typing import Awaitable, Callable, TypeVar
 
 from twisted.internet.task import deferLater
 
@@ -56,6 +56,22 @@ async def until(condition: Callable[[], T], what: str, *, timeout: float = DEFAU
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"waited {timeout:g} s for {what}; last seen: {value!r}")
+        await deferLater(clock, interval, lambda: None)
+
+
+async def until_awaited(condition: Callable[[], Awaitable[T]], what: str, *,
+                        timeout: float = DEFAULT_TIMEOUT, interval: float = 0.05,
+                        clock=None) -> T:
+    """L{until} for a condition that must be awaited (a store read)."""
+    if clock is None:
+        from twisted.internet import reactor as clock
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await condition()
         if value:
             return value
         if time.monotonic() >= deadline:
