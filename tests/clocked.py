@@ -9,6 +9,8 @@ the clock (or on something the test must do, such as answer a process).
 - L{fired}: the result of a Deferred that must have fired already.
 - L{run}: a coroutine run to its end, now.
 - L{in_place}: an C{in_thread} for the supervisor that runs the work at once.
+- L{synchronous_store}: a started store on a real SQLite file, migrated,
+  whose transactions run at once (the synchronous DB pool).
 - L{Reactor}: Twisted's MemoryReactorClock (TCP connections recorded, a
   clock) whose thread pool runs work at once and whose processes are the
   test's to answer (L{SpawnedProcess.finish}): the real code above the
@@ -24,6 +26,19 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
+
+def synchronous_store(path, clock):
+    """A started, migrated store on the SQLite file C{path}, on the synchronous pool."""
+    from kree.store import Store, migrate
+    from kree.store.engine import create_engine
+    from kree.store.pool import SynchronousDBPool
+
+    engine = create_engine(f"sqlite:///{path}")
+    store = Store(engine, clock, pool=SynchronousDBPool(engine, clock))
+    store.start()
+    store.pool.run_in_thread(migrate.upgrade)
+    return store
+
 
 # 2027-01-15, so that job ids and times look like the daemon's.
 START = 1_800_000_000.0

@@ -18,10 +18,7 @@ from twisted.python.failure import Failure
 from kree.config import load_config
 from kree.events import DeliveryService
 from kree.jobs import JobService
-from kree.store import Store, migrate
-from kree.store.engine import create_engine
-from kree.store.pool import SynchronousDBPool
-from clocked import Reactor, fired, run
+from clocked import Reactor, fired, run, synchronous_store
 
 LISTENER = "http://127.0.0.1:8999/hook"
 
@@ -33,10 +30,7 @@ class Outbox:
         self.config = attrs.evolve(
             config, events=attrs.evolve(config.events, retry_schedule_seconds=schedule),
             fetch=attrs.evolve(config.fetch, allow_private_addresses=True))
-        engine = create_engine(f"sqlite:///{tmp_path / 'kree.db'}")
-        self.store = Store(engine, reactor, pool=SynchronousDBPool(engine, reactor))
-        self.store.start()
-        self.store.pool.run_in_thread(migrate.upgrade)
+        self.store = synchronous_store(tmp_path / "kree.db", reactor)
         self.frontend = self.store.pool.run_in_thread(
             self.store.frontends.add_thd, "portal", "ab" * 32, "CN=portal").id
         self.store.pool.run_in_thread(

@@ -18,11 +18,8 @@ from kree.config import load_config
 from kree.fetch import Fetcher
 from kree.jobs import JobService
 from kree.states import Action, JobState
-from kree.store import Store, migrate
-from kree.store.engine import create_engine
-from kree.store.pool import SynchronousDBPool
 from kree.supervisor import Supervisor
-from clocked import Reactor, fired, run
+from clocked import Reactor, fired, run, synchronous_store
 
 SHA = "ab" * 32
 POLL, EVENTS_POLL = 2.0, 0.5
@@ -36,10 +33,7 @@ class Cluster:
             config, supervisor=attrs.evolve(config.supervisor, monitor_interval_seconds=3600))
         settings = SlurmConfig(enabled=True, bin_dir="/slurm/bin", poll_seconds=POLL,
                                events_poll_seconds=EVENTS_POLL)
-        engine = create_engine(f"sqlite:///{tmp_path / 'kree.db'}")
-        self.store = Store(engine, reactor, pool=SynchronousDBPool(engine, reactor))
-        self.store.start()
-        self.store.pool.run_in_thread(migrate.upgrade)
+        self.store = synchronous_store(tmp_path / "kree.db", reactor)
         self.frontend = self.store.pool.run_in_thread(
             self.store.frontends.add_thd, "portal", "ab" * 32, "CN=portal").id
         self.jobs = JobService(self.store, reactor, config.jobs_dir,

@@ -18,11 +18,8 @@ from kree.config import load_config
 from kree.fetch import Fetcher
 from kree.jobs import JobService
 from kree.states import Action, JobState
-from kree.store import Store, migrate
-from kree.store.engine import create_engine
-from kree.store.pool import SynchronousDBPool
 from kree.supervisor import Supervisor
-from clocked import START, fired, in_place, run
+from clocked import START, fired, in_place, run, synchronous_store
 from recording_backend import RecordingBackend
 
 SHA = "ab" * 32
@@ -36,11 +33,7 @@ class World:
         self.tmp_path = tmp_path
         self.clock = clock
         self.config = load_config(state_dir=tmp_path / "state", environ={})
-        url = f"sqlite:///{tmp_path / 'kree.db'}"
-        engine = create_engine(url)
-        self.store = Store(engine, clock, pool=SynchronousDBPool(engine, clock))
-        self.store.start()
-        self.store.pool.run_in_thread(migrate.upgrade)
+        self.store = synchronous_store(tmp_path / "kree.db", clock)
         self.jobs = JobService(self.store, clock, self.config.jobs_dir)
         self.fetcher = Fetcher(self.config, self.store, clock)
         self.config.cache_dir.mkdir(parents=True, exist_ok=True)
