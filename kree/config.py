@@ -151,7 +151,7 @@ class SandboxConfig:
     read_paths: list[str] = attrs.field(factory=list)
     # Frontends whose jobs may have network (resources.network = true).
     network_frontends: list[str] = attrs.field(factory=list)
-    # Per process of a job: CPU seconds (0: no limit), address space when
+    # Per process of a job: CPU seconds (0: no limit), data memory when
     # the job names no memory (0: no limit), file size; and processes of
     # the engine account.  A job may ask for less, not more (422).
     cpu_seconds: int = 0

@@ -15,7 +15,7 @@ this module decides that spec, once per job:
     root), and the job directory is handed to that account;
   - network: none, unless the job asks (resources.network) and its frontend
     is one of [sandbox] network_frontends;
-  - limits per process: CPU seconds, address space, file size, and the
+  - limits per process: CPU seconds, data memory, file size, and the
     engine account's processes, from the job's resources and [sandbox].
 
 L{Sandbox.check} runs at daemon start: an engine under the spec must be able

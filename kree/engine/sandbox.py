@@ -4,7 +4,7 @@ The sandbox an engine puts itself in before it runs any workflow code.
 kreed hands the engine a L{SandboxSpec} (JSON in C{KREE_SANDBOX}); the
 engine applies it first thing, and everything it starts inherits it:
 
-  1. resource limits (setrlimit): CPU seconds, address space, processes,
+  1. resource limits (setrlimit): CPU seconds, data memory, processes,
      file size, no core files;
   2. identity: when the engine starts as root, it becomes the unprivileged
      account of the spec (supplementary groups dropped, then gid, then uid);
@@ -216,7 +216,10 @@ def _limits(spec: SandboxSpec) -> None:
 
     # SIGXCPU at the soft limit (the engine says why), SIGKILL a little later.
     cap(resource.RLIMIT_CPU, spec.cpu_seconds, hard_extra=5)
-    cap(resource.RLIMIT_AS, spec.memory_bytes)
+    # RLIMIT_DATA, not RLIMIT_AS: what a process writes (heap, anonymous
+    # mappings, thread stacks), not the address space it merely reserves
+    # (malloc arenas, mapped libraries), so a job's memory means memory.
+    cap(resource.RLIMIT_DATA, spec.memory_bytes)
     cap(resource.RLIMIT_NPROC, spec.processes)
     cap(resource.RLIMIT_FSIZE, spec.file_bytes)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
