@@ -46,6 +46,10 @@ from kree.engine.sandbox import SandboxSpec
 EXIT_UNSUPPORTED = 33
 #: cwltool's exit code when it was stopped by SIGTERM.
 CWLTOOL_TERMINATED = 15
+#: The variable that marks every process of a job's tree (kree.backends.proctree
+#: finds escaped children by it, to pause and kill them): cwltool gives tools a
+#: fresh environment, so it must be told to keep it.
+JOB_MARKER = "KREE_JOB_ID"
 
 #: The flags every run and check gets: no containers (yet), no colour, paths
 #: as the document has them, and no schema fetched from anywhere.
@@ -170,7 +174,8 @@ class CwlRun:
             (job_dir / part).mkdir(exist_ok=True)
         log = StepLog(self.context, document.steps(process))
         command = cwltool_command(
-            *CWLTOOL_FLAGS, "--outdir", str(job_dir / "outputs"),
+            *CWLTOOL_FLAGS, "--preserve-environment", JOB_MARKER,
+            "--outdir", str(job_dir / "outputs"),
             "--tmpdir-prefix", f"{job_dir / 'tmp'}/",
             "--tmp-outdir-prefix", f"{job_dir / 'tmpout'}/",
             str(job_dir / document.DOCUMENT), str(job_dir / document.JOB_ORDER),
