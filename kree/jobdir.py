@@ -1,8 +1,9 @@
 """
 A job directory (DESIGN.md section 5): preparing it for its engine
-(workflow.xml, parameters.json, policy.json, inputs/, products/, answers/),
-and reading what the engine left there (L{products}, L{product_path},
-L{read_uploads}).
+(the workflow document under its kind's name, workflow.xml or workflow.cwl,
+which tells the backends which engine to start; parameters.json,
+policy.json, inputs/, products/, answers/), and reading what the engine
+left there (L{products}, L{product_path}, L{read_outputs}, L{read_uploads}).
 
 Blocking file work: callers run it in a thread.
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 import attrs
 
+from kree.engines import kind_of
 from kree.errors import KreeError
 from kree.jobspec import INPUT_NAME
 
@@ -104,7 +106,8 @@ def prepare(job_dir: Path, *, workflow: Path, parameters: dict[str, Any],
     job_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     for part in ("products", "inputs", "answers"):
         (job_dir / part).mkdir(mode=0o700, exist_ok=True)
-    _write(job_dir / "workflow.xml", workflow.read_bytes())
+    data = workflow.read_bytes()
+    _write(job_dir / kind_of(data).document_name, data)
     _write(job_dir / "parameters.json", json.dumps(parameters).encode())
     _write(job_dir / "policy.json", json.dumps(policy).encode())
     for name, source in inputs.items():
@@ -112,6 +115,19 @@ def prepare(job_dir: Path, *, workflow: Path, parameters: dict[str, Any],
         if target.parent != job_dir / "inputs":
             raise PreparationFailed(f"input name {name!r} would leave the job directory")
         shutil.copyfile(source, target)
+
+
+#: The output object an engine leaves (CWL: cwltool's, each File naming its product).
+RESULTS_FILE = "results.json"
+
+
+def read_outputs(job_dir: Path) -> dict[str, Any]:
+    """The engine's outputs by name; empty when it left none (MoML) or none yet."""
+    try:
+        outputs = json.loads((Path(job_dir) / RESULTS_FILE).read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return outputs if isinstance(outputs, dict) else {}
 
 
 UPLOADS_FILE = ".uploads.json"
