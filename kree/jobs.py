@@ -74,6 +74,9 @@ class Results:
     products: list[Product]
     #: Where the products went (outputs_to), once they were sent; else None.
     uploads: list[dict[str, Any]] | None
+    #: The engine's outputs by name (CWL: the output object, each File naming
+    #: its product); empty for MoML.
+    outputs: dict[str, Any] = attrs.field(factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -276,7 +279,8 @@ class JobService:
         job = await self.get(job_id, frontend_id=frontend_id)
         products = await self._in_thread(jobdir.products, Path(job.job_dir))
         uploads = await self._in_thread(jobdir.read_uploads, Path(job.job_dir))
-        return Results(job=job, products=products, uploads=uploads)
+        outputs = await self._in_thread(jobdir.read_outputs, Path(job.job_dir))
+        return Results(job=job, products=products, uploads=uploads, outputs=outputs)
 
     async def prompt(self, job: Job) -> dict[str, Any]:
         """
