@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from kree.jobs import _fits_cwl_type
 from live import REPO_WORKFLOWS, LiveKree, job_processes, wait_for_state
 from waiting import wait_for
 
@@ -104,10 +105,26 @@ def test_parameters_are_the_cwl_inputs(portal):
     assert portal.post(f"/v1/jobs/{job['id']}/queue").status == 200
     assert wait_for_state(portal, job["id"], ENDED)["state"] == "FINISHED"
     assert portal.get(f"/v1/jobs/{job['id']}/products/greeting.txt").body == b"set by PATCH\n"
+    # Values are checked against the input's type, naming it.
+    reply = portal.patch(path, {"message": 42})
+    assert reply.status == 422 and reply.error == "invalid_parameter"
+    assert reply.json["error"]["details"] == {"parameter": "message", "type": "string"}
     # Unknown names are refused at creation too.
     reply = portal.post("/v1/jobs", {"workflow": upload(portal, (CWL / "echo.cwl").read_bytes()),
                                      "parameters": {"mesage": "typo"}})
     assert reply.status == 422 and reply.error == "invalid_parameter"
+
+
+@pytest.mark.parametrize("declared, value, fits", [
+    ("string", "x", True), ("string", 1, False), ("int", 3, True), ("int", 3.5, False),
+    ("int", True, False), ("double", 3, True), ("boolean", False, True), ("long", "3", False),
+    ("string?", "x", True), ("int[]", [1, 2], True), ("int[]", [1, "2"], False),
+    ("enum(red, green)", "green", True), ("enum(red, green)", "blue", False),
+    ("int | string", "x", True), ("int | boolean", "x", False), ("File", "/etc/passwd", False),
+    ("(int | string)[]", [1, "a"], True), ("record", ["anything"], True),
+])
+def test_parameter_values_against_cwl_types(declared, value, fits):
+    assert _fits_cwl_type(declared, value) is fits
 
 
 def test_a_failing_step_fails_the_job_with_the_reason(portal):
@@ -132,6 +149,22 @@ def test_stop_of_a_long_step_ends_the_job_aborted(portal):
     end = [e for e in portal.get(f"/v1/jobs/{job['id']}/events").json["events"]
            if e["type"] == "job.state"][-1]
     assert end["data"]["to"] == "ABORTED"
+
+
+def test_pause_resume_and_kill_act_on_cwltool_and_its_tools(portal):
+    job = create(portal, "sleep.cwl")
+
+    def sleeping():
+        return [p for p in job_processes(job["id"]) if p.name() == "sleep"]
+
+    (sleep,) = wait_for(sleeping, "the step's sleep to run", timeout=120)
+    assert portal.post(f"/v1/jobs/{job['id']}/pause").json["state"] == "PAUSED"
+    wait_for(lambda: all(p.status() == "stopped" for p in job_processes(job["id"])),
+             "every process of the job to be stopped")
+    assert portal.post(f"/v1/jobs/{job['id']}/resume").json["state"] == "RUNNING"
+    wait_for(lambda: sleep.status() != "stopped", "the step to run again")
+    assert portal.post(f"/v1/jobs/{job['id']}/kill").json["state"] == "ABORTED"
+    wait_for(lambda: not job_processes(job["id"]), "the job's processes to end", timeout=60)
 
 
 def test_cwltool_and_node_work_in_the_sandbox_and_it_holds(server, portal):
@@ -185,3 +218,21 @@ def test_an_invalid_document_is_refused_at_creation(portal):
     reply = portal.post("/v1/jobs", {"workflow": upload(portal, bad)})
     assert reply.status == 422 and reply.error == "invalid_workflow"
     assert "strin" in " ".join(reply.json["error"]["details"]["problems"])
+
+
+def test_a_cwl_job_is_re_adopted_after_a_restart(tmp_path):
+    """kreed stops while the step runs; the next kreed follows the engine to its end."""
+    server = LiveKree(tmp_path, frontends=("portal",)).start()
+    try:
+        portal = server.client("portal")
+        job = create(portal, "sleep.cwl", parameters={"seconds": 10})
+        wait_for(lambda: [p for p in job_processes(job["id"]) if p.name() == "sleep"],
+                 "the step's sleep to run", timeout=120)
+        assert server.stop() == 0
+        assert job_processes(job["id"]), "the engine outlives kreed"
+        server.start()
+        assert wait_for_state(portal, job["id"], ENDED)["state"] == "FINISHED"
+        texts = messages(portal, job["id"])
+        assert "Final process status is success" in texts
+    finally:
+        server.stop()

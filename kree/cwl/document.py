@@ -124,7 +124,8 @@ def type_text(cwl_type: Any) -> str:
     if isinstance(cwl_type, dict):
         kind = cwl_type.get("type")
         if kind == "array":
-            return type_text(cwl_type.get("items", "Any")) + "[]"
+            items = type_text(cwl_type.get("items", "Any"))
+            return (f"({items})" if " | " in items else items) + "[]"
         if kind == "enum":
             return "enum(" + ", ".join(short_id(s) for s in cwl_type.get("symbols", [])) + ")"
         if kind == "record":
