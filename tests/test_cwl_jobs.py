@@ -135,7 +135,7 @@ def test_a_failing_step_fails_the_job_with_the_reason(portal):
     assert "step broken completed permanentFail" in messages(portal, job["id"])
 
 
-def test_stop_of_a_long_step_ends_the_job_aborted(portal):
+def test_stop_of_a_long_step_ends_the_job_aborted(server, portal):
     job = create(portal, "sleep.cwl")
     wait_for_state(portal, job["id"], "RUNNING")
 
@@ -146,6 +146,9 @@ def test_stop_of_a_long_step_ends_the_job_aborted(portal):
     assert portal.post(f"/v1/jobs/{job['id']}/stop").status == 200
     assert wait_for_state(portal, job["id"], ENDED)["state"] == "ABORTED"
     wait_for(lambda: not job_processes(job["id"]), "the job's processes to end", timeout=60)
+    # The step's working directory (under tmpout/) is cleaned up after the engine.
+    wait_for(lambda: not (server.state_dir / "jobs" / job["id"] / "tmpout").exists(),
+             "cwltool's step directories to go")
     end = [e for e in portal.get(f"/v1/jobs/{job['id']}/events").json["events"]
            if e["type"] == "job.state"][-1]
     assert end["data"]["to"] == "ABORTED"
