@@ -12,6 +12,8 @@ a job cannot read it cannot read because of the sandbox's rules.
 import os
 import pwd
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -239,3 +241,19 @@ def test_a_cwl_job_is_re_adopted_after_a_restart(tmp_path):
         assert "Final process status is success" in texts
     finally:
         server.stop()
+
+
+def test_the_kree_client_submits_a_cwl_file(server):
+    """`kree submit FILE.cwl` uploads it as CWL; --param sets an input by its id."""
+    cert, key = server.frontend_files("portal")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KREE_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "kree.cli", "--url", f"https://localhost:{server.port}",
+         "--cert", str(cert), "--key", str(key), "--ca", str(server.ca_path),
+         "submit", str(CWL / "echo.cwl"), "--param", "message=from the client", "--queue",
+         "--wait"], capture_output=True, text=True, timeout=180, env=env)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    job_id = result.stdout.split()[0]
+    portal = server.client("portal")
+    assert portal.get(f"/v1/jobs/{job_id}/state").json["state"] == "FINISHED"
+    assert portal.get(f"/v1/jobs/{job_id}/products/greeting.txt").body == b"from the client\n"
