@@ -5,6 +5,7 @@ command lines the same way, in kree.engines):
     python -m kree.cwl run [--no-events-fd] JOBDIR
     python -m kree.cwl validate FILE [--policy FILE|-] [--max-memory BYTES] [--new-session]
     python -m kree.cwl params FILE
+    python -m kree.cwl sandbox-check
 
 C{validate} and C{params} print the JSON shapes kree.engine's print
 (C{valid}, C{problems}, C{messages}, C{parameters}: one row per input with
@@ -31,7 +32,7 @@ from kree.cwl.runner import CWLTOOL_FLAGS, run_job
 from kree.engine import sandbox
 from kree.engine.protocol import EXIT_FAILED, EXIT_USAGE
 
-COMMANDS = ("run", "validate", "params")
+COMMANDS = ("run", "validate", "params", "sandbox-check")
 # validate ran out of the memory that --max-memory allowed it (as kree.engine's).
 EXIT_OUT_OF_MEMORY = 4
 
@@ -115,6 +116,40 @@ def command_params(args) -> int:
     return 0
 
 
+def command_sandbox_check() -> int:
+    """
+    Enter the sandbox of C{$KREE_SANDBOX} (kreed runs this at start, as
+    kree.engine's) and show that cwltool works there: it imports, it starts
+    as a program (cwltool's --version), and node, which runs CWL's
+    JavaScript expressions, runs where it is installed.
+    """
+    import shutil
+    import subprocess
+
+    from kree.cwl.runner import cwltool_command
+
+    spec = sandbox.spec_from_environment()
+    try:
+        if spec is not None:
+            sandbox.apply(spec)
+        import cwltool.main  # noqa: F401
+
+        subprocess.run(cwltool_command("--version"), check=True, capture_output=True,
+                       timeout=120)
+        node = shutil.which("node") or shutil.which("nodejs")
+        if node is not None:
+            subprocess.run([node, "--version"], check=True, capture_output=True, timeout=60)
+    except subprocess.CalledProcessError as e:
+        last = e.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        print(f"{e.cmd[0]} does not run in the sandbox: {last}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as e:
+        print(f"cwltool cannot work in the sandbox: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    _print({"sandbox": sandbox.describe(spec) if spec else None, "node": node})
+    return 0
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -143,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="run in a session and process group of its own")
     params = commands.add_parser("params", help="list a document's inputs and defaults")
     params.add_argument("file", metavar="FILE")
+    commands.add_parser("sandbox-check",
+                        help="enter the sandbox of $KREE_SANDBOX and show that cwltool and "
+                             "node work there (kreed runs it at start)")
     return parser
 
 
@@ -159,4 +197,6 @@ def main(argv: list[str] | None = None) -> None:
                          contained=sandbox.spec_from_environment()))
     if args.command == "validate":
         sys.exit(command_validate(args))
+    if args.command == "sandbox-check":
+        sys.exit(command_sandbox_check())
     sys.exit(command_params(args))
