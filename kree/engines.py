@@ -164,14 +164,15 @@ _SNIFF_BYTES = 65536
 def kind_of(data: bytes) -> EngineKind:
     """
     The kind of a document, by its content: XML (its first character C{<})
-    is MoML; YAML or JSON naming C{cwlVersion} is CWL; anything else is
-    given to MoML, whose check says what is wrong with it (as before there
-    were two kinds).
+    is MoML; YAML or JSON naming C{cwlVersion} or C{$graph} (a packed
+    document, as cwltool --pack writes it, has cwlVersion after its graph)
+    is CWL; anything else is given to MoML, whose check says what is wrong
+    with it (as before there were two kinds).
     """
     head = data[:_SNIFF_BYTES].lstrip(b"\xef\xbb\xbf").lstrip()
     if head.startswith(b"<"):
         return MOML
-    if b"cwlVersion" in head:
+    if b"cwlVersion" in head or b"$graph" in head:
         return CWL
     return MOML
 

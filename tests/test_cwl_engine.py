@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from kree.cwl import document
+from kree.engines import CWL as CWL_KIND, MOML, kind_of
 from waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -212,3 +213,13 @@ def test_a_packed_document_runs_its_main(tmp_path):
     code, events = run(directory)
     assert code == 0, events
     assert (directory / "products" / "said.txt").read_text() == "packed\n"
+
+
+def test_which_engine_kind_a_document_is():
+    assert kind_of((REPO / "workflows" / "hello.xml").read_bytes()) is MOML
+    assert kind_of(b"\xef\xbb\xbf\n  <entity name='x'/>") is MOML
+    assert kind_of((CWL / "pipeline.cwl").read_bytes()) is CWL_KIND
+    big_packed = json.dumps({"$graph": [{"id": "#main", "doc": "x" * 100_000}],
+                             "cwlVersion": "v1.2"}).encode()
+    assert kind_of(big_packed) is CWL_KIND
+    assert kind_of(b"neither one nor the other") is MOML  # MoML's check says what is wrong
