@@ -121,13 +121,41 @@ def prepare(job_dir: Path, *, workflow: Path, parameters: dict[str, Any],
 RESULTS_FILE = "results.json"
 
 
+#: What kreed reads of it: the job directory is the engine account's, so
+#: workflow code could write anything there.
+MAX_RESULTS_BYTES = 16 * 1024 * 1024
+MAX_RESULTS_DEPTH = 64
+
+
 def read_outputs(job_dir: Path) -> dict[str, Any]:
-    """The engine's outputs by name; empty when it left none (MoML) or none yet."""
+    """
+    The engine's outputs by name; empty when it left none (MoML), none yet,
+    or a file larger or deeper than kreed reads.
+    """
+    path = Path(job_dir) / RESULTS_FILE
     try:
-        outputs = json.loads((Path(job_dir) / RESULTS_FILE).read_text("utf-8"))
-    except (OSError, ValueError):
+        if path.is_symlink() or path.stat().st_size > MAX_RESULTS_BYTES:
+            return {}
+        outputs = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError, RecursionError):
         return {}
-    return outputs if isinstance(outputs, dict) else {}
+    if not isinstance(outputs, dict) or _depth(outputs) > MAX_RESULTS_DEPTH:
+        return {}
+    return outputs
+
+
+def _depth(value: Any) -> int:
+    """How deeply C{value} nests lists and objects (without recursion)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        node, depth = todo.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth > MAX_RESULTS_DEPTH:
+                return depth
+            todo.extend((child, depth + 1)
+                        for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 UPLOADS_FILE = ".uploads.json"

@@ -223,3 +223,32 @@ def test_which_engine_kind_a_document_is():
                              "cwlVersion": "v1.2"}).encode()
     assert kind_of(big_packed) is CWL_KIND
     assert kind_of(b"neither one nor the other") is MOML  # MoML's check says what is wrong
+
+
+def test_only_a_finished_run_leaves_an_output_object(tmp_path):
+    """A tool may write in the job directory; a failed run's results.json is not kept."""
+    liar = b"""cwlVersion: v1.2
+class: CommandLineTool
+baseCommand: [sh, -c]
+arguments: ['echo "{\\"forged\\": 1}" > ../../results.json; exit 1']
+inputs: []
+outputs: []
+"""
+    directory = job_dir(tmp_path, liar)
+    code, events = run(directory)
+    assert code == 1, events
+    assert not (directory / "results.json").exists()
+
+
+def test_kreed_reads_only_a_reasonable_output_object(tmp_path):
+    from kree import jobdir
+
+    (tmp_path / "results.json").write_text(json.dumps({"a": {"class": "File", "product": "a"}}))
+    assert jobdir.read_outputs(tmp_path) == {"a": {"class": "File", "product": "a"}}
+    (tmp_path / "results.json").write_text('{"a": ' + "[" * 500 + "]" * 500 + "}")
+    assert jobdir.read_outputs(tmp_path) == {}
+    (tmp_path / "results.json").write_text("[1, 2]")
+    assert jobdir.read_outputs(tmp_path) == {}
+    (tmp_path / "results.json").unlink()
+    (tmp_path / "results.json").symlink_to("/etc/passwd")
+    assert jobdir.read_outputs(tmp_path) == {}

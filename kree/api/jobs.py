@@ -115,8 +115,10 @@ def outputs_json(job_id: str, value: Any) -> Any:
     if not isinstance(value, dict):
         return value
     rendered = {key: outputs_json(job_id, item) for key, item in value.items()}
-    if value.get("class") == "File" and isinstance(value.get("product"), str):
-        rendered["href"] = product_href(job_id, value["product"])
+    product = value.get("product")
+    if value.get("class") == "File" and isinstance(product, str) and (
+            jobspec.INPUT_NAME.match(product) and ".." not in product):
+        rendered["href"] = product_href(job_id, product)
     return rendered
 
 

@@ -55,6 +55,9 @@ JOB_MARKER = "KREE_JOB_ID"
 #: as the document has them, and no schema fetched from anywhere.
 CWLTOOL_FLAGS = ("--no-container", "--relax-path-checks", "--disable-color", "--skip-schemas")
 
+#: The output object, as the daemon reads it (kree.jobdir.RESULTS_FILE).
+RESULTS = "results.json"
+
 _LEVEL = re.compile(r"^(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL) (?P<text>.*)$")
 _STEP = re.compile(r"^\[step (?P<step>[^\]]+)\] (?P<what>start|completed (?P<status>\w+))$")
 _EXITED = re.compile(r"^\[job (?P<step>[^\]]+)\] exited with status: (?P<code>\S+)")
@@ -209,9 +212,9 @@ class CwlRun:
             self.context.emit({"type": "error", "message": error})
             return EXIT_FAILED, error
         results = Products(self.context).collect(outputs)
-        tmp = job_dir / "results.json.tmp"
+        tmp = job_dir / (RESULTS + ".tmp")
         tmp.write_text(json.dumps(results, indent=1))
-        os.replace(tmp, job_dir / "results.json")
+        os.replace(tmp, job_dir / RESULTS)
         self.context.progress(1.0)
         return EXIT_FINISHED, None
 
@@ -307,6 +310,9 @@ def run_job(job_dir: Path, *, use_fd3: bool = True, install_signals: bool = True
         if run.process is not None and run.process.poll() is None:
             run.request_stop()
             run.process.wait()
+        if code != EXIT_FINISHED:
+            # Only a finished run has an output object; nothing a tool wrote there counts.
+            (job_dir / RESULTS).unlink(missing_ok=True)
     state = {EXIT_FINISHED: "finished", EXIT_STOPPED: "stopped"}.get(code, "failed")
     context.emit({"type": "end", "exit_code": code, "state": state, "error": error})
     events.close()
