@@ -211,7 +211,11 @@ class CwlRun:
             error = f"cwltool's output object is not JSON: {e}"
             self.context.emit({"type": "error", "message": error})
             return EXIT_FAILED, error
-        results = Products(self.context).collect(outputs)
+        try:
+            results = Products(self.context).collect(outputs)
+        except OutputOutside as e:
+            self.context.emit({"type": "error", "message": str(e)})
+            return EXIT_FAILED, str(e)
         tmp = job_dir / (RESULTS + ".tmp")
         tmp.write_text(json.dumps(results, indent=1))
         os.replace(tmp, job_dir / RESULTS)
@@ -219,11 +223,16 @@ class CwlRun:
         return EXIT_FINISHED, None
 
 
+class OutputOutside(Exception):
+    """An output File that is not in the job's outputs/ directory."""
+
+
 class Products:
     """Every File of an output object becomes a product of the job."""
 
     def __init__(self, context: EngineContext) -> None:
         self._context = context
+        self._outputs = (context.job_dir / "outputs").resolve()
         self._names: set[str] = set()
 
     def collect(self, outputs: Any, output: str = "") -> Any:
@@ -242,6 +251,9 @@ class Products:
 
     def _file(self, entry: dict[str, Any], output: str) -> dict[str, Any]:
         source = Path(entry.get("path") or entry["location"].removeprefix("file://"))
+        # cwltool moves every output into outputs/; anything else is no product.
+        if self._outputs not in source.resolve().parents:
+            raise OutputOutside(f"output {output}: {source} is not in the job's outputs/")
         name = self._name(entry.get("basename") or source.name, output)
         target = self._context.product_path(output, name)
         try:
