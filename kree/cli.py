@@ -151,9 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     upload = command("upload", upload_command, "upload a workflow document; prints its URI",
-                     description="Upload a MoML workflow (POST /v1/workflows) and print its "
+                     description="Upload a MoML or CWL workflow (POST /v1/workflows) and print its "
                      "kree:workflow/<sha256> URI, which `kree submit` accepts.")
-    upload.add_argument("file", metavar="FILE", help="the workflow document (XML)")
+    upload.add_argument("file", metavar="FILE",
+                        help="the workflow document (MoML XML, or CWL YAML or JSON)")
 
     submit = command(
         "submit", submit_command, "create a job; prints its id",
@@ -164,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("workflow", metavar="URI|FILE",
                         help="kree:workflow/..., https:, http: or file: URI, or a local file")
     submit.add_argument("--param", metavar="NAME=VALUE", type=parameter, action="append",
-                        default=[], help="a parameter by full name (.model.actor.param); VALUE "
+                        default=[], help="a parameter by full name (.model.actor.param) or CWL "
+                        "input id (message); VALUE "
                         "is JSON if it parses as JSON, else a string (repeatable)")
     submit.add_argument("--input", metavar="NAME=URI", type=input_uri, action="append",
                         default=[], help="an input to stage into the job (repeatable)")

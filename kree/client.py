@@ -27,6 +27,7 @@ from kree import __version__
 
 JSON_TYPE = "application/json"
 XML_TYPE = "application/xml"
+CWL_TYPE = "application/cwl"
 DEFAULT_TIMEOUT = 60.0
 # Added to a long poll's wait so the socket outlasts the server's answer.
 LONG_POLL_MARGIN = 30.0
@@ -265,8 +266,15 @@ class KreeClient:
     def service_info(self) -> dict[str, Any]:
         return self.request("GET", "/v1/service-info")
 
-    def upload_workflow(self, document: bytes, content_type: str = XML_TYPE) -> dict[str, Any]:
-        """POST /v1/workflows: C{{uri, sha256, size}}."""
+    def upload_workflow(self, document: bytes,
+                        content_type: str | None = None) -> dict[str, Any]:
+        """
+        POST /v1/workflows: C{{uri, sha256, size}}.  Without C{content_type},
+        XML (MoML) is sent as such and anything else as CWL.
+        """
+        if content_type is None:
+            content_type = XML_TYPE if document.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(
+                b"<") else CWL_TYPE
         return self.request("POST", "/v1/workflows", body=document, content_type=content_type)
 
     def submit(self, workflow: str, *, parameters: dict[str, Any] | None = None,

@@ -8,8 +8,15 @@ An L{EngineKind} builds every command the daemon runs of it: C{run} for a job di
 Slurm backends), C{validate} for the workflow check (kree.validation), and
 the information commands (C{actors}, C{software}) behind GET /v1/capabilities
 and kree-admin.  L{EngineCatalog} is what the engines offer, as
-GET /v1/capabilities shows it.  Today there is one kind, MoML (Ptolemy II / Kepler models);
-CWL comes next, and with a second kind, recognising which kind a document is.
+GET /v1/capabilities shows it.  Two kinds: MoML (Ptolemy II / Kepler models,
+kree.engine) and CWL (kree.cwl, which runs cwltool).
+
+Which kind a document is, is read from its content (L{kind_of}): MoML is
+XML, CWL is YAML or JSON with C{cwlVersion}.  A job's kind is its workflow
+document's, which never changes (the cache keeps it by its SHA-256), so no
+job record stores it: preparation writes the document into the job
+directory under its kind's name (C{workflow.xml}, C{workflow.cwl}) and the
+backends start the kind the directory holds (L{kind_in}).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from defusedxml import DefusedXmlException
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
 
+from kree.cwl import document as cwl_document
 from kree.errors import EngineUnavailable, KreeError
 from kree.store import Store
 
@@ -43,6 +51,8 @@ class EngineKind:
     name: str
     #: The Python module that is the engine program (run with C{python -m}).
     module: str
+    #: The file a job directory holds the workflow document in.
+    document_name: str = "workflow.xml"
 
     #: Media types an upload of this kind is sent as (POST /v1/workflows),
     #: and a suffix that names more of them ("+xml").
@@ -110,13 +120,75 @@ def check_moml(data: bytes) -> None:
             f"not a MoML workflow: the root element is <{root.tag}>, not <entity>")
 
 
+def check_cwl(data: bytes) -> None:
+    """
+    A CWL document: YAML or JSON (parsed by a safe loader, which builds no
+    objects), a mapping with C{cwlVersion}; a packed one (C{$graph}) has a
+    process to run (C{#main}).  The engine's full check (cwltool's) comes
+    when a job names it.
+
+    @raise InvalidDocument: naming what is wrong.
+    """
+    try:
+        cwl_document.main_process(cwl_document.parse(data))
+    except cwl_document.DocumentError as e:
+        raise InvalidDocument(str(e)) from None
+
+
 #: Ptolemy II and Kepler models (MoML), run by kree.engine.
 MOML = EngineKind(name="moml", module="kree.engine",
                   media_types=("application/xml", "text/xml", "application/x-moml+xml"),
                   media_suffix="+xml", upload_check=check_moml)
 
+#: Common Workflow Language documents, run by kree.cwl (cwltool).
+CWL = EngineKind(name="cwl", module="kree.cwl", document_name=cwl_document.DOCUMENT,
+                 media_types=("application/cwl", "application/cwl+yaml", "application/cwl+json",
+                              "application/yaml", "text/yaml", "application/x-yaml",
+                              "application/json"),
+                 upload_check=check_cwl)
+
 #: Every engine kind, by name.
-ENGINE_KINDS: dict[str, EngineKind] = {MOML.name: MOML}
+ENGINE_KINDS: dict[str, EngineKind] = {MOML.name: MOML, CWL.name: CWL}
+
+
+def kind_for_media_type(media_type: str) -> EngineKind | None:
+    """The kind an upload sent as C{media_type} is, or None."""
+    return next((kind for kind in ENGINE_KINDS.values() if kind.accepts(media_type)), None)
+
+
+# How much of a document L{kind_of} looks at: past a byte-order mark, comments
+# and blank lines, to its first construct.
+_SNIFF_BYTES = 65536
+
+
+def kind_of(data: bytes) -> EngineKind:
+    """
+    The kind of a document, by its content: XML (its first character C{<})
+    is MoML; YAML or JSON naming C{cwlVersion} or C{$graph} (a packed
+    document, as cwltool --pack writes it, has cwlVersion after its graph)
+    is CWL; anything else is given to MoML, whose check says what is wrong
+    with it (as before there were two kinds).
+    """
+    head = data[:_SNIFF_BYTES].lstrip(b"\xef\xbb\xbf").lstrip()
+    if head.startswith(b"<"):
+        return MOML
+    if b"cwlVersion" in head or b"$graph" in head:
+        return CWL
+    return MOML
+
+
+def kind_of_file(path: Path | str) -> EngineKind:
+    """L{kind_of} the document at C{path} (blocking: in a thread)."""
+    with open(path, "rb") as f:
+        return kind_of(f.read(_SNIFF_BYTES))
+
+
+def kind_in(job_dir: Path | str) -> EngineKind:
+    """The kind of the job whose directory this is, by the document it holds (blocking)."""
+    for kind in ENGINE_KINDS.values():
+        if kind is not MOML and (Path(job_dir) / kind.document_name).exists():
+            return kind
+    return MOML
 
 
 class EngineCatalog:

@@ -1,8 +1,9 @@
 """
 A job directory (DESIGN.md section 5): preparing it for its engine
-(workflow.xml, parameters.json, policy.json, inputs/, products/, answers/),
-and reading what the engine left there (L{products}, L{product_path},
-L{read_uploads}).
+(the workflow document under its kind's name, workflow.xml or workflow.cwl,
+which tells the backends which engine to start; parameters.json,
+policy.json, inputs/, products/, answers/), and reading what the engine
+left there (L{products}, L{product_path}, L{read_outputs}, L{read_uploads}).
 
 Blocking file work: callers run it in a thread.
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 import attrs
 
+from kree.engines import kind_of
 from kree.errors import KreeError
 from kree.jobspec import INPUT_NAME
 
@@ -104,7 +106,8 @@ def prepare(job_dir: Path, *, workflow: Path, parameters: dict[str, Any],
     job_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     for part in ("products", "inputs", "answers"):
         (job_dir / part).mkdir(mode=0o700, exist_ok=True)
-    _write(job_dir / "workflow.xml", workflow.read_bytes())
+    data = workflow.read_bytes()
+    _write(job_dir / kind_of(data).document_name, data)
     _write(job_dir / "parameters.json", json.dumps(parameters).encode())
     _write(job_dir / "policy.json", json.dumps(policy).encode())
     for name, source in inputs.items():
@@ -112,6 +115,47 @@ def prepare(job_dir: Path, *, workflow: Path, parameters: dict[str, Any],
         if target.parent != job_dir / "inputs":
             raise PreparationFailed(f"input name {name!r} would leave the job directory")
         shutil.copyfile(source, target)
+
+
+#: The output object an engine leaves (CWL: cwltool's, each File naming its product).
+RESULTS_FILE = "results.json"
+
+
+#: What kreed reads of it: the job directory is the engine account's, so
+#: workflow code could write anything there.
+MAX_RESULTS_BYTES = 16 * 1024 * 1024
+MAX_RESULTS_DEPTH = 64
+
+
+def read_outputs(job_dir: Path) -> dict[str, Any]:
+    """
+    The engine's outputs by name; empty when it left none (MoML), none yet,
+    or a file larger or deeper than kreed reads.
+    """
+    path = Path(job_dir) / RESULTS_FILE
+    try:
+        if path.is_symlink() or path.stat().st_size > MAX_RESULTS_BYTES:
+            return {}
+        outputs = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    if not isinstance(outputs, dict) or _depth(outputs) > MAX_RESULTS_DEPTH:
+        return {}
+    return outputs
+
+
+def _depth(value: Any) -> int:
+    """How deeply C{value} nests lists and objects (without recursion)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        node, depth = todo.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth > MAX_RESULTS_DEPTH:
+                return depth
+            todo.extend((child, depth + 1)
+                        for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 UPLOADS_FILE = ".uploads.json"

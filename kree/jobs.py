@@ -74,6 +74,9 @@ class Results:
     products: list[Product]
     #: Where the products went (outputs_to), once they were sent; else None.
     uploads: list[dict[str, Any]] | None
+    #: The engine's outputs by name (CWL: the output object, each File naming
+    #: its product); empty for MoML.
+    outputs: dict[str, Any] = attrs.field(factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -142,14 +145,25 @@ def check_parameter_names(checked, parameters: dict[str, Any],
                           locks: ParameterLocks | None = ParameterLocks()) -> None:
     """
     @raise InvalidJobSpec: C{invalid_parameter}, a name the checked workflow
-        does not have, or C{parameter_locked}, one that holds code frontends
-        may not set (422, naming them).
+        does not have or a value that does not fit the type its (CWL) input
+        declares, or C{parameter_locked}, one that holds code frontends may
+        not set (422, naming them).
     """
     unknown = sorted(name for name in parameters if name not in checked.parameters)
     if unknown:
         raise InvalidJobSpec("invalid_parameter",
                              f"the workflow has no parameter {', '.join(unknown)}",
                              unknown=unknown)
+    for name, value in parameters.items():
+        declared = checked.parameters[name].get("type")
+        if declared is not None and not _fits_cwl_type(declared, value):
+            raise InvalidJobSpec(
+                "invalid_parameter",
+                f"parameter {name}: the input is of type {declared}, not "
+                f"{_json_type(value)}" + (" (File and Directory inputs are given as inputs, "
+                                          "by URI)" if declared.rstrip("?") in (
+                                              "File", "Directory") else ""),
+                parameter=name, type=declared)
     if locks is None:
         return
     locked = sorted(name for name in parameters if locks.locked(checked.parameters[name]))
@@ -159,6 +173,49 @@ def check_parameter_names(checked, parameters: dict[str, Any],
             "parameter_locked",
             f"{', '.join(locked)}: holds code the actor runs ({', '.join(classes)}), which "
             "frontends may not set on this server ([parameters] locked)", locked=locked)
+
+
+def _fits_cwl_type(declared: str, value: Any) -> bool:
+    """
+    Whether C{value} (a parameter's JSON) fits a CWL input's type as
+    kree.cwl writes it (C{string}, C{int?}, C{float[]}, C{enum(a, b)},
+    C{int | string}); what cannot be judged here (records, nested unions,
+    named schema types) is left to cwltool.
+    """
+    declared = declared.strip()
+    if "(" in declared and not declared.startswith("enum("):
+        return True
+    if " | " in declared:
+        return any(_fits_cwl_type(part, value) for part in declared.split(" | "))
+    if declared.endswith("?"):
+        return value is None or _fits_cwl_type(declared[:-1], value)
+    if declared.endswith("[]"):
+        return isinstance(value, list) and all(_fits_cwl_type(declared[:-2], v) for v in value)
+    if declared.startswith("enum("):
+        return isinstance(value, str) and value in [
+            symbol.strip() for symbol in declared[5:-1].split(",")]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return {
+        "string": isinstance(value, str),
+        "int": number and isinstance(value, int),
+        "long": number and isinstance(value, int),
+        "float": number,
+        "double": number,
+        "boolean": isinstance(value, bool),
+        "null": value is None,
+        "File": False,
+        "Directory": False,
+    }.get(declared, True)
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else type(value).__name__
 
 
 def _job_id(job_id: str) -> str:
@@ -276,7 +333,8 @@ class JobService:
         job = await self.get(job_id, frontend_id=frontend_id)
         products = await self._in_thread(jobdir.products, Path(job.job_dir))
         uploads = await self._in_thread(jobdir.read_uploads, Path(job.job_dir))
-        return Results(job=job, products=products, uploads=uploads)
+        outputs = await self._in_thread(jobdir.read_outputs, Path(job.job_dir))
+        return Results(job=job, products=products, uploads=uploads, outputs=outputs)
 
     async def prompt(self, job: Job) -> dict[str, Any]:
         """

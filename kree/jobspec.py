@@ -75,8 +75,19 @@ class WalltimeLimits:
         return resources
 
 
+#: A CWL input id as a parameter name (C{message}): no period, so it is never
+#: taken for a Ptolemy name without its leading one (C{Ramp.step}).
+CWL_INPUT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,254}$")
+
+
 def check_full_name(name: Any) -> str:
-    """A Ptolemy full name: C{.model.actor.param}; names never contain periods."""
+    """
+    A parameter's name: a Ptolemy full name, C{.model.actor.param} (names
+    never contain periods), or a CWL input id (L{CWL_INPUT_NAME}).  Whether
+    the workflow has it is checked against the workflow (kree.jobs).
+    """
+    if isinstance(name, str) and CWL_INPUT_NAME.match(name):
+        return name
     if (
         not isinstance(name, str)
         or len(name) > MAX_NAME_LENGTH
@@ -86,7 +97,8 @@ def check_full_name(name: Any) -> str:
     ):
         raise InvalidJobSpec(
             "invalid_parameter",
-            f"parameter name {name!r} is not a full name such as .model.Ramp.step",
+            f"parameter name {name!r} is not a full name such as .model.Ramp.step "
+            "(or a CWL input id such as message)",
             parameter=name if isinstance(name, str) else repr(name),
         )
     return name

@@ -18,9 +18,9 @@ this module decides that spec, once per job:
   - limits per process: CPU seconds, data memory, file size, and the
     engine account's processes, from the job's resources and [sandbox].
 
-L{Sandbox.check} runs at daemon start: an engine under the spec must be able
-to start and import what it needs, else kreed refuses to start and says
-why.  With C{mode = "none"} nothing is contained but the account.
+L{Sandbox.check} runs at daemon start: an engine of each kind under the
+spec must be able to start and import what it needs (the CWL engine:
+cwltool and node too), else kreed refuses to start and says why.  With C{mode = "none"} nothing is contained but the account.
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import attrs
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.utils import getProcessOutputAndValue
 
 import kree
 from kree.engine.sandbox import ENV, SandboxSpec, landlock_abi
-from kree.engines import MOML
+from kree.engines import ENGINE_KINDS
 from kree.errors import ConfigError
 from kree.jobspec import InvalidJobSpec
 
@@ -220,16 +221,28 @@ class Sandbox:
         scratch.mkdir(parents=True)
         self.hand_over(scratch)
         env = {**os.environ, **self.environment(scratch, {})}
-        executable, *args = MOML.command("sandbox-check")
+        try:
+            # Every engine kind, at once: each must work in the sandbox.
+            answers = await gatherResults([
+                Deferred.fromCoroutine(self._check_kind(kind, reactor, scratch, env))
+                for kind in ENGINE_KINDS.values()], consumeErrors=True)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        problems = [problem for problem in answers if problem is not None]
+        if problems:
+            raise ConfigError(problems)
+
+    async def _check_kind(self, kind, reactor, scratch: Path, env: dict[str, str]) -> str | None:
+        """Why engines of C{kind} cannot work in the sandbox, or None."""
+        executable, *args = kind.command("sandbox-check")
         out, err, code = await getProcessOutputAndValue(executable, args, env=env,
                                                         path=str(scratch), reactor=reactor)
-        shutil.rmtree(scratch, ignore_errors=True)
-        if code != 0:
-            text = (err or out).decode(errors="replace").strip().splitlines()
-            raise ConfigError([
-                f"sandbox: an engine cannot work in the sandbox ({self.mode}, account "
-                f"{self.account.name if self.account else 'kreed’s own'}): "
+        if code == 0:
+            return None
+        text = (err or out).decode(errors="replace").strip().splitlines()
+        return (f"sandbox: the {kind.name} engine cannot work in the sandbox ({self.mode}, "
+                f"account {self.account.name if self.account else 'kreed’s own'}): "
                 + ("; ".join(text[-5:]) or f"exit code {code}")
                 + ". The engine account must be able to read Python and KREE "
                 "(for Python under /root: chmod o+x /root); or name more in "
-                "[sandbox] read_paths"])
+                "[sandbox] read_paths")

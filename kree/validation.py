@@ -1,5 +1,6 @@
 """
-Checking a workflow before a job is created: the engine's `validate`, run as
+Checking a workflow before a job is created: the `validate` of the engine
+of its kind (kree.engines.kind_of: kree.engine for MoML, kree.cwl for CWL), run as
 a subprocess (the daemon never loads actor packages itself), with the admin's
 actor policy.  The answer (valid or the engine's problems, and every settable
 parameter with its default) is cached per document and policy, so only the
@@ -45,11 +46,12 @@ import psutil
 from twisted.internet import protocol
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from kree.config import ValidationConfig
 from kree.engine.cli import EXIT_OUT_OF_MEMORY
-from kree.engines import MOML
+from kree.engines import kind_of_file
 from kree.errors import KreeError
 
 CACHE_SIZE = 256
@@ -64,8 +66,9 @@ MIB = 1024 * 1024
 
 #: What the engine reports of each parameter: its default text, whether it is
 #: a string, and for one of an actor, the actor's class, the attribute's name
-#: and whether it holds code (kree.jobs.ParameterLocks).
-PARAMETER_FIELDS = ("default", "string", "actor_class", "attribute", "code")
+#: and whether it holds code (kree.jobs.ParameterLocks); for a CWL input, its
+#: type and doc.
+PARAMETER_FIELDS = ("default", "string", "actor_class", "attribute", "code", "type", "doc")
 
 
 class InvalidWorkflow(KreeError):
@@ -227,7 +230,9 @@ class WorkflowChecker:
 
     async def _run(self, path: Path, process: _CheckProcess) -> None:
         limits = self._limits
-        args = MOML.validate_command(path, max_memory_bytes=limits.max_memory_bytes,
+        kind = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                       kind_of_file, path)
+        args = kind.validate_command(path, max_memory_bytes=limits.max_memory_bytes,
                                      python=self._python)
         self._reactor.spawnProcess(process, self._python, args, env=dict(os.environ))
 

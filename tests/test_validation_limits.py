@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -135,6 +136,33 @@ async def test_a_check_past_its_memory_limit_fails_and_says_so(tmp_path):
     assert caught.value.status == 422 and caught.value.code == "workflow_check_failed"
     assert caught.value.details == {"limit": "memory", "limit_bytes": 64 * MIB}
     assert "more memory than the limit of 64 MiB" in caught.value.message
+
+
+def cwl_alias_bomb(levels: int = 9) -> bytes:
+    """A CWL tool whose input default is YAML aliases nested C{levels} deep (10**levels items)."""
+    lines = ["cwlVersion: v1.2", "class: CommandLineTool", "baseCommand: echo", "outputs: []",
+             "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    lines.append(f"inputs:\n  bomb:\n    type: Any\n    default: *a{levels - 1}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cwl_document_is_checked_by_its_engine_within_the_same_limits(tmp_path):
+    check = checker(timeout_seconds=60, max_memory_bytes=256 * MIB)
+    data = (Path(__file__).parent.parent / "workflows" / "cwl" / "echo.cwl").read_bytes()
+    path, sha = document(tmp_path, data)
+    checked = await check.check(path, sha, {})
+    assert checked.valid, checked.problems
+    assert checked.parameters == {"message": {"default": "Hello from KREE", "string": True,
+                                              "type": "string", "doc": "What to write."}}
+    # A few hundred bytes that expand to a billion items: the memory limit ends the check.
+    path, sha = document(tmp_path, cwl_alias_bomb())
+    with pytest.raises(WorkflowCheckFailed) as caught:
+        await check.check(path, sha, {})
+    assert caught.value.details == {"limit": "memory", "limit_bytes": 256 * MIB}
+    assert check.running_pids() == []
 
 
 def test_the_engine_limits_its_own_memory(tmp_path):

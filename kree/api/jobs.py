@@ -101,7 +101,25 @@ def message_json(message: Message) -> dict[str, Any]:
 
 def product_json(job_id: str, product: Product) -> dict[str, Any]:
     return {"name": product.name, "size": product.size, "media_type": product.media_type,
-            "href": f"/v1/jobs/{job_id}/products/{product.name}"}
+            "href": product_href(job_id, product.name)}
+
+
+def product_href(job_id: str, name: str) -> str:
+    return f"/v1/jobs/{job_id}/products/{name}"
+
+
+def outputs_json(job_id: str, value: Any) -> Any:
+    """The engine's outputs, each File that names a product given its link."""
+    if isinstance(value, list):
+        return [outputs_json(job_id, item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    rendered = {key: outputs_json(job_id, item) for key, item in value.items()}
+    product = value.get("product")
+    if value.get("class") == "File" and isinstance(product, str) and (
+            jobspec.INPUT_NAME.match(product) and ".." not in product):
+        rendered["href"] = product_href(job_id, product)
+    return rendered
 
 
 class JobsApi:
@@ -208,8 +226,15 @@ class JobsApi:
         detail = await self._jobs.detail(call.params["id"], frontend_id=call.frontend.id)
         job = detail.job
         checked = await self._jobs.workflow_check_of(job, guard=call.while_connected)
-        defaults = {name: row["default"] for name, row in (checked.parameters if checked else {}).items()}
-        return {"id": job.id, "parameters": detail.parameters, "defaults": defaults}
+        declared = checked.parameters if checked else {}
+        body = {"id": job.id, "parameters": detail.parameters,
+                "defaults": {name: row["default"] for name, row in declared.items()}}
+        # What a CWL document declares of its inputs (MoML parameters have neither).
+        for field, key in (("types", "type"), ("docs", "doc")):
+            found = {name: row[key] for name, row in declared.items() if key in row}
+            if found:
+                body[field] = found
+        return body
 
     async def patch_parameters(self, call: Call) -> dict[str, Any]:
         job = await self._job(call)
@@ -353,7 +378,7 @@ class JobsApi:
             "id": job.id,
             "state": job.state.value,
             "complete": found.complete,
-            "outputs": {},
+            "outputs": outputs_json(job.id, found.outputs),
             "products": [product_json(job.id, p) for p in found.products],
         }
         if found.uploads is not None:

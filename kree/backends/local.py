@@ -1,8 +1,9 @@
 """
 The local backend: engines as processes on this machine.
 
-Each engine is `python -m kree.engine run JOBDIR`, spawned through the
-reactor with its standard output and error going to JOBDIR/engine.log, fd 3
+Each engine is `python -m kree.engine run JOBDIR` (or the engine of the
+kind the job directory holds, kree.engines.kind_in: kree.cwl for CWL),
+spawned through the reactor with its standard output and error going to JOBDIR/engine.log, fd 3
 piped to us, and the environment variable KREE_JOB_ID marking every process
 of its tree (see kree.backends.proctree).  The engine puts itself in a
 session and process group of its own.
@@ -35,7 +36,7 @@ from twisted.logger import Logger
 
 from kree.backends import Backend, EngineObserver, engine_environment, proctree
 from kree.backends.eventfile import EventTail, write_answer_file
-from kree.engines import MOML
+from kree.engines import kind_in
 from kree.records import Job
 from kree.sandbox import Sandbox
 
@@ -182,12 +183,13 @@ class LocalBackend(Backend):
             await self.in_thread(self.sandbox.hand_over, job_dir)
         log_fd = await self.in_thread(
             os.open, str(job_dir / "engine.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        kind = await self.in_thread(kind_in, job_dir)
         engine = LocalEngine(self, job, None, None)
         process = EngineProcess(engine)
         engine.process = process
         try:
             transport = self.reactor.spawnProcess(
-                process, self.python, MOML.run_command(job_dir, python=self.python),
+                process, self.python, kind.run_command(job_dir, python=self.python),
                 env=engine_environment(job, self.sandbox), path=str(job_dir),
                 childFDs={0: "w", 1: log_fd, 2: log_fd, 3: "r"},
             )
@@ -195,8 +197,8 @@ class LocalBackend(Backend):
             os.close(log_fd)
         engine.ref = await self.in_thread(proctree.ref_for, transport.pid)
         self._follow(engine)
-        self.log.info("job {job_id}: engine started, pid {pid}", job_id=job.id,
-                      pid=transport.pid)
+        self.log.info("job {job_id}: {kind} engine started, pid {pid}", job_id=job.id,
+                      kind=kind.name, pid=transport.pid)
         return engine.ref.to_json()
 
     async def adopt(self, job: Job) -> bool:

@@ -3,7 +3,7 @@ The Slurm backend: engines as batch jobs on a Slurm cluster.
 
 A job whose backend is C{slurm} is submitted with C{sbatch --parsable}
 (argument lists only) as JOBDIR/slurm-job.sh, a two-line script that execs
-C{python -m kree.engine run --no-events-fd JOBDIR}.  Its name is
+C{python -m kree.engine run --no-events-fd JOBDIR} (kree.cwl for a CWL job).  Its name is
 C{kree-<job id>}; partition, CPUs, memory and time limit come from the job's
 resources; C{--no-requeue}, because a requeued engine would replay its
 events.  The job directory must be on a file system that the compute nodes
@@ -65,7 +65,7 @@ from twisted.logger import Logger
 from kree.backends import Backend, engine_environment
 from kree.backends.eventfile import EventTail, write_answer_file
 from kree.backends.proctree import Usage
-from kree.engines import MOML
+from kree.engines import kind_in
 from kree.errors import KreeError
 from kree.records import Job
 from kree.sandbox import Sandbox
@@ -609,7 +609,7 @@ class SlurmBackend(Backend):
         script.write_text(
             "#!/bin/sh\n"
             f"# KREE job {job_id}, submitted to Slurm by kreed.\n"
-            f"{MOML.run_script_line(job_dir, python=self.python)}\n")
+            f"{kind_in(job_dir).run_script_line(job_dir, python=self.python)}\n")
         script.chmod(0o700)
         return script
 

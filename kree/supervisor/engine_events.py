@@ -50,6 +50,9 @@ def _disk_full(job_dir: Path) -> bool:
 def _clean(job_dir: Path) -> None:
     """Temporary files go; products, the log and events stay until delete."""
     shutil.rmtree(job_dir / "answers", ignore_errors=True)
+    # cwltool's working directories of its steps (kree.cwl): a stopped or
+    # killed CWL job leaves them behind, however large its steps made them.
+    shutil.rmtree(job_dir / "tmpout", ignore_errors=True)
     for leftover in job_dir.glob(".kree-*"):
         if leftover.is_file():
             leftover.unlink(missing_ok=True)

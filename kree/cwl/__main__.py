@@ -1,0 +1,3 @@
+from kree.cwl.cli import main
+
+main()
