@@ -19,6 +19,7 @@ out of memory under C{--max-memory}.
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import json
 import os
@@ -132,7 +133,7 @@ def command_sandbox_check() -> int:
     try:
         if spec is not None:
             sandbox.apply(spec)
-        import cwltool.main  # noqa: F401
+        importlib.import_module("cwltool.main")  # cwltool itself is readable here
 
         subprocess.run(cwltool_command("--version"), check=True, capture_output=True,
                        timeout=120)
