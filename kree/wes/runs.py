@@ -29,7 +29,7 @@ from kree.jobs import JobService, Submission
 from kree.records import Job, JobDetail, Message, isoformat
 from kree.states import Action
 from kree.web.jsontext import parse_json_text
-from kree.web.routing import Call, Router
+from kree.web.routing import Call, Response, Router
 from kree.wes.dialect import PREFIX, TextBody
 from kree.wes.multipart import Part, parse_form
 from kree.wes.states import wes_state
@@ -123,13 +123,15 @@ class RunsApi:
 
     # -- submitting ------------------------------------------------------------------
 
-    async def create(self, call: Call) -> dict[str, Any]:
+    async def create(self, call: Call) -> Response:
         try:
-            return await self._create(call)
+            run_id = await self._create(call)
         except KreeError as e:
             raise _as_bad_request(e) from None
+        return Response(200, {"run_id": run_id}, job_id=run_id)
 
-    async def _create(self, call: Call) -> dict[str, Any]:
+    async def _create(self, call: Call) -> str:
+        """The new run's id."""
         parts = parse_form(call.request.getHeader("content-type") or "", call.body_bytes())
         fields, attachments = self._fields(parts)
         kind = self._workflow_type(fields)
@@ -162,7 +164,7 @@ class RunsApi:
                                      source=REQUEST_SOURCE)
         for note in notes:
             await self._jobs.add_message(job_id, note, level="warning", source=NOTE_SOURCE)
-        return {"run_id": job_id}
+        return job_id
 
     @staticmethod
     def _fields(parts: list[Part]) -> tuple[dict[str, str], dict[str, bytes]]:
