@@ -9,7 +9,11 @@ frontends.  A run is a KREE job: /v1 sees it too.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
 from urllib3.filepost import encode_multipart_formdata
@@ -343,6 +347,39 @@ def test_an_unknown_run_is_404(portal, path):
 def test_unknown_paths_and_methods_answer_in_wes_shape(portal):
     refused(portal.get("/nowhere", check=False), 404, "no such resource")
     refused(portal.request("DELETE", "/runs", check=False), 405, "not allowed")
+
+
+# -- an unmodified third-party client ------------------------------------------------------
+
+#: wes-client of PyPI's wes-service 5.0, in an environment of its own (its
+#: dependencies are not KREE's): KREE_WES_CLIENT names it, else it is looked up on PATH.
+WES_CLIENT = os.environ.get("KREE_WES_CLIENT") or shutil.which("wes-client")
+
+
+@pytest.mark.skipif(not WES_CLIENT, reason="wes-client (pip install wes-service==5.0 in a "
+                    "venv of its own) is not installed; set KREE_WES_CLIENT to it")
+def test_the_unmodified_wes_client_reads_service_info_runs_and_logs(server, portal):
+    # It submits only CWL (chosen by file extension): --run waits for the CWL kind.
+    run_id = portal.run(workflow_engine_parameters=json.dumps({"threads": "4"}))
+    assert portal.wait(run_id, TERMINAL) == "COMPLETE"
+    cert, key = server.frontend_files("portal")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent / "wes_client"),
+           "KREE_TEST_CLIENT_CERT": str(cert), "KREE_TEST_CLIENT_KEY": str(key),
+           "REQUESTS_CA_BUNDLE": str(server.ca_path)}
+
+    def wes_client(*args: str) -> str:
+        done = subprocess.run([WES_CLIENT, f"--host=localhost:{server.port}", "--proto=https",
+                               *args], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    info = json.loads(wes_client("--info"))
+    assert info["type"]["artifact"] == "wes" and "MoML" in info["workflow_type_versions"]
+    assert run_id in {run["run_id"] for run in json.loads(wes_client("--list"))["runs"]}
+    log = json.loads(wes_client(f"--get={run_id}"))
+    assert (log["run_id"], log["state"]) == (run_id, "COMPLETE")
+    # --log prints what the run log's stderr URL serves.
+    assert "'threads'" in wes_client(f"--log={run_id}")
 
 
 # -- states ------------------------------------------------------------------------------------
