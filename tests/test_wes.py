@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from kree.wes.states import is_system_error, wes_state_of
 from kree.states import JobState
 from live import REPO_WORKFLOWS, LiveKree, Reply, kill_active_jobs
 from waiting import wait_for
-from wes_schema import PREFIX, check_response, validate
+from wes_schema import PREFIX, SPECS, check_response, validate
 
 HELLO = (REPO_WORKFLOWS / "hello.xml").read_bytes()
 SLEEPER = (REPO_WORKFLOWS / "sleep-loop.xml").read_bytes()
@@ -265,10 +266,11 @@ def test_a_malformed_form_is_400(portal, content_type, body, words):
             400, words)
 
 
-def test_a_body_that_is_no_form_is_415(portal):
+def test_a_body_that_is_no_form_is_400(portal):
     reply = portal.request("POST", "/runs", body=b"{}",
-                           headers={"Content-Type": "application/json"}, check=False)
-    refused(reply, 415, "multipart/form-data")
+                           headers={"Content-Type": "application/json"})
+    refused(reply, 400, "must be multipart/form-data, not application/json")
+    refused(portal.request("POST", "/runs"), 400, "not untyped")
 
 
 # -- listing ---------------------------------------------------------------------------------
@@ -320,7 +322,9 @@ def test_cancel_stops_a_running_run(portal):
 
 def test_tasks_are_an_empty_page_and_no_task_is_found(portal):
     run_id = portal.run()
-    assert portal.get(f"/runs/{run_id}/tasks").json == {"task_logs": [], "next_page_token": ""}
+    empty = {"task_logs": [], "next_page_token": ""}
+    assert portal.get(f"/runs/{run_id}/tasks").json == empty
+    assert portal.get(f"/runs/{run_id}/tasks?page_size=-1&page_token=x").json == empty
     refused(portal.get(f"/runs/{run_id}/tasks/Ramp"), 404, "no task 'Ramp'")
 
 
@@ -347,6 +351,35 @@ def test_an_unknown_run_is_404(portal, path):
 def test_unknown_paths_and_methods_answer_in_wes_shape(portal):
     refused(portal.get("/nowhere", check=False), 404, "no such resource")
     refused(portal.request("DELETE", "/runs", check=False), 405, "not allowed")
+
+
+# -- the standard's document, fuzzed ---------------------------------------------------------
+
+ST = Path(sys.executable).parent / "st"
+
+
+@pytest.mark.skipif(not ST.exists(), reason="schemathesis is not installed (the test extra has it)")
+def test_schemathesis_finds_no_server_error_or_undocumented_answer(tmp_path):
+    server = LiveKree(tmp_path, frontends=("portal",),
+                      config_text="[supervisor]\nmax_running = 1\nstop_grace_seconds = 1\n")
+    server.extra_args = ["--stop-jobs-on-exit"]
+    server.start()
+    cert, key = server.frontend_files("portal")
+    try:
+        result = subprocess.run(
+            [str(ST), "run", str(SPECS / "workflow_execution_service.openapi.yaml"),
+             "--url", f"https://localhost:{server.port}{PREFIX}",
+             "--tls-verify", str(server.ca_path),
+             "--request-cert", str(cert), "--request-cert-key", str(key),
+             "--phases", "fuzzing,stateful",
+             "--checks", "all", "--exclude-checks", "positive_data_acceptance",
+             "--max-examples", "25", "--workers", "2", "--seed", "1", "--no-color"],
+            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert result.returncode == 0, result.stdout[-6000:]
+        assert " passed" in result.stdout
+        assert '"level": "error"' not in (server.state_dir / "logs" / "kreed.log").read_text()
+    finally:
+        assert server.stop() == 0
 
 
 # -- an unmodified third-party client ------------------------------------------------------

@@ -50,9 +50,8 @@ def parse_form(content_type: str, body: bytes) -> list[Part]:
     """
     media_type = content_type.split(";")[0].strip().lower()
     if media_type != MEDIA_TYPE:
-        raise HttpError(415, "unsupported_media_type",
-                        f"the body must be {MEDIA_TYPE}, not {media_type or 'untyped'}",
-                        content_type=media_type)
+        # A 400, not a 415: WES documents 400 for every malformed request.
+        raise MalformedForm(f"the body must be {MEDIA_TYPE}, not {media_type or 'untyped'}")
     if "\r" in content_type or "\n" in content_type:
         raise MalformedForm("the Content-Type header holds a line break")
     head = f"MIME-Version: 1.0\r\nContent-Type: {content_type}\r\n\r\n".encode("latin-1")
