@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from twisted.logger import Logger
 
 from kree import __version__, jobspec
-from kree.engines import ENGINE_KINDS, MOML
+from kree.engines import MOML
 from kree.errors import HttpError, InvalidRequest, KreeError
 from kree.ids import looks_like_job_id
 from kree.jobs import JobService, Submission
@@ -292,7 +292,8 @@ class RunsApi:
         notes = [m.text for m in await self._messages(job.id) if m.source == NOTE_SOURCE]
         run_log = {
             "name": PurePosixPath(urlsplit(request["workflow_url"]).path).name or job.id,
-            "cmd": ENGINE_KINDS.get("moml", MOML).run_command(job.job_dir),
+            # Every job is MoML until job records name their engine kind.
+            "cmd": MOML.run_command(job.job_dir),
             "stdout": f"{base}/stdout",
             "stderr": f"{base}/stderr",
             "system_logs": [*notes, *([job.error] if job.error else [])],
