@@ -1,22 +1,32 @@
 """
-Checking responses against GA4GH WES 1.1.0 (tests/specs/wes: the standard's
-OpenAPI document and the service-info document it refers to, copied
-unchanged from ../shared/specs/wes): the status must be documented for the
-operation and a JSON body must match its schema (OpenAPI 3.0 schemas, with
-C{nullable}, checked by openapi-schema-validator).
+Checking responses against GA4GH WES 1.1.0 (../shared/specs/wes, beside the
+project: the standard's OpenAPI document and the service-info document it
+refers to, read where they are, never copied): the status must be documented
+for the operation and a JSON body must match its schema (OpenAPI 3.0
+schemas, with C{nullable}, checked by openapi-schema-validator).  Without
+../shared the tests that need it skip, saying so; under CI they fail.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
+
+import pytest
 
 import referencing
 import yaml
 from openapi_schema_validator import OAS30Validator
 
-SPECS = Path(__file__).resolve().parent / "specs" / "wes"
+SPECS = Path(__file__).resolve().parent.parent.parent / "shared" / "specs" / "wes"
+if not (SPECS / "workflow_execution_service.openapi.yaml").is_file():
+    if os.environ.get("CI"):
+        pytest.fail(f"the WES 1.1.0 document is not at {SPECS} (../shared is needed under CI)",
+                    pytrace=False)
+    pytest.skip(f"the WES 1.1.0 document is not at {SPECS} (../shared/specs/wes)",
+                allow_module_level=True)
 PREFIX = "/ga4gh/wes/v1"
 _BASE = "https://specs.invalid/wes/"
 WES = yaml.safe_load((SPECS / "workflow_execution_service.openapi.yaml").read_text())
