@@ -299,6 +299,15 @@ class JobService:
         jobs = jobs[:limit]
         return jobs, (jobs[-1].id if more else None)
 
+    async def count_by_state(self, frontend_id: int) -> dict[JobState, int]:
+        """
+        How many of a frontend's jobs are in each state (states with none
+        left out, and so is a state no KREE writes, on a record awaiting quarantine).
+        """
+        counts = await self._store.jobs.count_by_state(frontend_id)
+        known = {state.value for state in JobState}
+        return {JobState(state): count for state, count in counts.items() if state in known}
+
     async def events(self, job_id: str, after: int, limit: int) -> list[Event]:
         """A job's events after seq C{after}, at most C{limit}."""
         return await self._store.events.list_for_job(job_id, after, limit)

@@ -32,6 +32,7 @@ from kree.store import Store
 from kree.subscriptions import SubscriptionService
 from kree.supervisor import Supervisor
 from kree.validation import WorkflowChecker
+from kree.wes import build_wes
 
 
 class AsyncMultiService(MultiService):
@@ -207,7 +208,8 @@ class KreeDaemon(AsyncMultiService):
             catalog=EngineCatalog(self.store, reactor),
             frontends=self.frontends,
             sandbox=self.sandbox)
-        self.api = ApiService(config, services, reactor)
+        self.api = ApiService(config, services, reactor,
+                              dialects=(build_wes(config, self.jobs),))
         self.api.setServiceParent(self)
         commands = AdminCommands(store=self.store, jobs=self.jobs, frontends=self.frontends,
                                  engines=self.supervisor, state_dir=config.state_dir,

@@ -164,7 +164,11 @@ class WebSite(server.Site):
 
     def __init__(self, root, max_body_bytes: int, reactor=None, *,
                  idle_timeout: float = 60.0, head_timeout: float = 20.0) -> None:
-        super().__init__(root, reactor=reactor, timeout=idle_timeout)
+        # Each dialect reads its own bodies (WES's multipart forms need the
+        # file names twisted.web drops, and a malformed one must be answered
+        # in the dialect's shape, not with twisted.web's bare 400).
+        super().__init__(root, reactor=reactor, timeout=idle_timeout,
+                         parsePOSTFormSubmission=False)
         self.max_body_bytes = max_body_bytes
         self.head_timeout = head_timeout
         self.displayTracebacks = False
