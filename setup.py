@@ -48,6 +48,10 @@ setup(
             # Responses are checked against the OpenAPI document.
             "jsonschema>=4.18",
             "openapi-spec-validator>=0.7",
+            # WES answers are checked against the standard's OpenAPI 3.0
+            # schemas (tests/wes_schema.py), which use nullable.
+            "openapi-schema-validator>=0.6",
+            "pyyaml>=6",
             # Drives the OpenAPI document against a live kreed (no 5xx, no
             # schema violation).
             "schemathesis>=4",
