@@ -24,8 +24,10 @@ def test_pause_by_signal(tmp_path):
     server = LiveKree(tmp_path, frontends=("portal",), config_text=config).start()
     client = server.client("portal")
     try:
+        # Ten seconds of work: the pause must find it running even on a busy
+        # machine (two seconds were not always enough).
         job = submit(client, "sleep-loop.xml", resources={"backend": "slurm"}, parameters={
-            ".sleeper.period": 50, ".sleeper.SDF Director.iterations": 40})
+            ".sleeper.period": 100, ".sleeper.SDF Director.iterations": 100})
         wait_for_state(client, job["id"], "RUNNING")
         assert client.post(f"/v1/jobs/{job['id']}/pause").json["state"] == "PAUSED"
         wait_for(lambda: all_stopped(job["id"]), "every process of the job stopped")
@@ -38,8 +40,8 @@ def test_pause_by_signal(tmp_path):
         state = wait_for_state(client, job["id"], TERMINAL)
         assert state["state"] == "FINISHED", state
         texts = [m["text"] for m in
-                 client.get(f"/v1/jobs/{job['id']}/messages?limit=100").json["messages"]]
-        assert texts == [str(i) for i in range(40)]
+                 client.get(f"/v1/jobs/{job['id']}/messages?limit=200").json["messages"]]
+        assert texts == [str(i) for i in range(100)]
         reasons = [e["data"]["reason"] for e in
                    client.get(f"/v1/jobs/{job['id']}/events?limit=200").json["events"]
                    if e["type"] == "job.state"]
