@@ -120,14 +120,12 @@ def command_params(args) -> int:
 def command_sandbox_check() -> int:
     """
     Enter the sandbox of C{$KREE_SANDBOX} (kreed runs this at start, as
-    kree.engine's) and show that cwltool works there: it imports, it starts
-    as a program (cwltool's --version), and node, which runs CWL's
+    kree.engine's) and show that cwltool works there: it imports, a new
+    Python starts there and finds it, and node, which runs CWL's
     JavaScript expressions, runs where it is installed.
     """
     import shutil
     import subprocess
-
-    from kree.cwl.runner import cwltool_command
 
     spec = sandbox.spec_from_environment()
     try:
@@ -135,8 +133,10 @@ def command_sandbox_check() -> int:
             sandbox.apply(spec)
         importlib.import_module("cwltool.main")  # cwltool itself is readable here
 
-        subprocess.run(cwltool_command("--version"), check=True, capture_output=True,
-                       timeout=120)
+        # A new interpreter starts here too (as kree.cwl.tool will); cwltool's
+        # own files were read by the import above, so a light import will do.
+        subprocess.run([sys.executable, "-c", "import cwltool"], check=True,
+                       capture_output=True, timeout=120)
         node = shutil.which("node") or shutil.which("nodejs")
         if node is not None:
             subprocess.run([node, "--version"], check=True, capture_output=True, timeout=60)
