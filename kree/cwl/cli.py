@@ -31,6 +31,7 @@ from typing import Any
 from kree.cwl import document
 from kree.cwl.runner import CWLTOOL_FLAGS, run_job
 from kree.engine import sandbox
+from kree.engine.cli import positive_int
 from kree.engine.protocol import EXIT_FAILED, EXIT_USAGE
 
 COMMANDS = ("run", "validate", "params", "sandbox-check")
@@ -151,16 +152,6 @@ def command_sandbox_check() -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, not {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kree.cwl",
                                      description="The CWL engine (cwltool behind KREE's "
@@ -173,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a CWL document without running it")
     validate.add_argument("file", metavar="FILE")
     validate.add_argument("--policy", metavar="FILE", help="actor policy (ignored); - for stdin")
-    validate.add_argument("--max-memory", metavar="BYTES", type=_positive_int,
+    validate.add_argument("--max-memory", metavar="BYTES", type=positive_int,
                           help=f"limit the check's memory; exit {EXIT_OUT_OF_MEMORY} beyond it")
     validate.add_argument("--new-session", action="store_true",
                           help="run in a session and process group of its own")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from kree.cwl import document
-from kree.engine import sandbox
+from kree.engine.runner import enter_sandbox
 from kree.engine.protocol import (
     EXIT_FAILED,
     EXIT_FINISHED,
@@ -295,16 +295,8 @@ def run_job(job_dir: Path, *, use_fd3: bool = True, install_signals: bool = True
     """
     job_dir = Path(job_dir).resolve()
     events = EventWriter(job_dir, use_fd3=use_fd3)
-    if contained is not None:
-        try:
-            sandbox.apply(contained)
-        except (sandbox.SandboxUnavailable, OSError) as e:
-            error = f"the engine could not enter its sandbox: {e}"
-            events.write({"type": "error", "message": error})
-            events.write({"type": "end", "exit_code": EXIT_FAILED, "state": "failed",
-                          "error": error})
-            events.close()
-            return EXIT_FAILED
+    if contained is not None and not enter_sandbox(contained, events):
+        return EXIT_FAILED
     context = EngineContext(job_dir, events)
     run = CwlRun(job_dir, context, python=python)
     if install_signals:

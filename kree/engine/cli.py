@@ -128,7 +128,7 @@ def command_params(args) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("file", metavar="FILE")
     validate.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     validate.add_argument("--policy", metavar="FILE", help="actor policy (JSON); - for stdin")
-    validate.add_argument("--max-memory", metavar="BYTES", type=_positive_int,
+    validate.add_argument("--max-memory", metavar="BYTES", type=positive_int,
                           help=f"limit the check's memory; exit {EXIT_OUT_OF_MEMORY} beyond it")
     validate.add_argument("--new-session", action="store_true",
                           help="run in a session and process group of its own")

@@ -87,6 +87,24 @@ def _read_json(path: Path, what: str) -> dict:
     return value
 
 
+def enter_sandbox(contained: SandboxSpec, events: EventWriter) -> bool:
+    """
+    Enter the sandbox (kree.engine.sandbox), for every engine kind; if it
+    cannot be entered, say why in the events, end them and answer False:
+    the engine then runs nothing.
+    """
+    try:
+        sandbox.apply(contained)
+    except (sandbox.SandboxUnavailable, OSError) as e:
+        error = f"the engine could not enter its sandbox: {e}"
+        events.write({"type": "error", "message": error})
+        events.write({"type": "end", "exit_code": EXIT_FAILED, "state": "failed",
+                      "error": error})
+        events.close()
+        return False
+    return True
+
+
 def run_job(job_dir: Path, *, stdin_fd: int | None = None, use_fd3: bool = True,
             install_signals: bool = True, echo=None,
             contained: SandboxSpec | None = None) -> int:
@@ -97,16 +115,8 @@ def run_job(job_dir: Path, *, stdin_fd: int | None = None, use_fd3: bool = True,
     """
     job_dir = Path(job_dir).resolve()
     events = EventWriter(job_dir, use_fd3=use_fd3, echo=echo)
-    if contained is not None:
-        try:
-            sandbox.apply(contained)
-        except (sandbox.SandboxUnavailable, OSError) as e:
-            error = f"the engine could not enter its sandbox: {e}"
-            events.write({"type": "error", "message": error})
-            events.write({"type": "end", "exit_code": EXIT_FAILED, "state": "failed",
-                          "error": error})
-            events.close()
-            return EXIT_FAILED
+    if contained is not None and not enter_sandbox(contained, events):
+        return EXIT_FAILED
     context = EngineContext(job_dir, events, stdin_fd=stdin_fd)
     if install_signals:
         context.install_stop_handler()
